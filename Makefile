@@ -1,0 +1,70 @@
+# kamim — every user-facing workflow is a make target; each installs what it needs first.
+PYTHON  ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+KAMIM   := $(BIN)/kamim
+STAMP   := $(VENV)/.installed
+
+DATASET  ?= photos
+SPLIT    ?= train
+DETECTOR ?= fast
+FORMAT   ?= zarr
+WORKERS  ?= $(shell nproc)
+MODEL    ?= vit_t
+METHOD   ?= kamim
+WPS      ?= 8
+TEMP     ?= 0.25
+STEPS    ?= 60
+BATCH    ?= 32
+DEVICE   ?= auto
+RUN      ?=
+
+.PHONY: help install test lint demo cache pretrain linprobe bench bench-gpu test-xla clean
+
+help:
+	@echo "make demo      cache + short SimMIM/KAMIM pretraining + linear probe + report on 'photos'"
+	@echo "make test      lint + the test suite"
+	@echo "make cache     DETECTOR=fast DATASET=photos FORMAT=zarr WORKERS=$(WORKERS)"
+	@echo "make pretrain  MODEL=vit_t METHOD=kamim DETECTOR=fast WPS=8 TEMP=0.25 STEPS=60"
+	@echo "make linprobe  RUN=runs/<run dir> (default: the latest pretrain run)"
+	@echo "make bench     CPU benchmarks -> bench/results/*.json and the README tables"
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+test: install
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q tests
+
+lint: install
+	$(BIN)/ruff check .
+
+cache: install
+	$(KAMIM) cache --dataset $(DATASET) --split $(SPLIT) --detector $(DETECTOR) --format $(FORMAT) --workers $(WORKERS)
+
+pretrain: install
+	$(KAMIM) pretrain --model $(MODEL) --method $(METHOD) --detector $(DETECTOR) --weight-ps $(WPS) \
+		--temperature $(TEMP) --dataset $(DATASET) --steps $(STEPS) --batch-size $(BATCH) --device $(DEVICE)
+
+linprobe: install
+	$(KAMIM) linprobe $(if $(RUN),--checkpoint $(RUN),--latest) --dataset $(DATASET)
+
+demo: install
+	$(BIN)/python -m kamim.demo
+
+bench: install
+	$(BIN)/python -m bench.run_all
+
+bench-gpu: install
+	$(BIN)/python -m bench.gpu
+
+test-xla:
+	bash .ci/xla
+
+clean:
+	rm -rf runs cache .pytest_cache

@@ -1,0 +1,1 @@
+"""kamim.evaluate: linear probe, finetune, the paper's analyses and plots."""

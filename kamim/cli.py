@@ -1,0 +1,45 @@
+"""The ``kamim`` command. Verbs are imported lazily so ``kamim --help`` answers without loading torch."""
+
+from __future__ import annotations
+
+import importlib
+
+import click
+
+# verb -> (module:attribute of the click command, one-line help shown by `kamim --help`).
+# Each verb lives with the stage it belongs to; this table is the only place that lists them.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "data": ("kamim.data_cli:data", "Inspect datasets (count, classes, image sizes) before a long job."),
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        target, _ = COMMANDS[name]
+        module_name, attr = target.split(":")
+        return getattr(importlib.import_module(module_name), attr)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, COMMANDS[name][1]) for name in self.list_commands(ctx)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="kamim")
+def main() -> None:
+    """KAMIM: SimMIM whose reconstruction loss is weighted by handcrafted keypoint density.
+
+    \b
+    The pipeline, in order:
+      kamim cache --dataset photos --detector fast     # detect once, write the cache
+      kamim pretrain --model vit_t --dataset photos    # SimMIM/KAMIM pretraining
+      kamim linprobe --checkpoint runs/<run>           # linear probe of the encoder
+
+    Run `kamim VERB --help` for each verb's options and an example.
+    """
