@@ -1,0 +1,155 @@
+"""Checkpoints (resumable training state) and the final export (safetensors + JSON), loaded without pickle.
+
+Run dir layout: ``config.json``, ``metrics.jsonl``, ``checkpoints/step-XXXXXXX.pt``,
+``model.safetensors`` + ``model.json``. A checkpoint is a dict of tensors, numbers, strings, lists and
+dicts only, so ``torch.load(weights_only=True)`` reads it; every write is temp file + ``os.replace``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from kamim.errors import UserError
+
+from .models import MIMModel, build_model
+
+CHECKPOINT_DIR = "checkpoints"
+EXPORT_NAME = "model.safetensors"
+STEP_PATTERN = re.compile(r"^step-(\d+)\.pt$")
+
+
+def jsonable(value: Any) -> Any:
+    """Plain JSON (no NaN/Infinity tokens): infinite floats become the string "inf"."""
+    if isinstance(value, float) and math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    return value
+
+
+def checkpoint_path(run_dir: str | os.PathLike, step: int) -> Path:
+    return Path(run_dir) / CHECKPOINT_DIR / f"step-{step:07d}.pt"
+
+
+def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
+    """The run's checkpoints, oldest first (by step number, not by file time)."""
+    folder = Path(run_dir) / CHECKPOINT_DIR
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := STEP_PATTERN.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
+    found = list_checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
+    """torch.save to a temp file beside ``path``, then rename: a crash never leaves a torn file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def save_checkpoint(run_dir: str | os.PathLike, step: int, state: dict[str, Any], keep: int = 2) -> Path:
+    """Write ``checkpoints/step-XXXXXXX.pt`` and delete all but the newest ``keep`` checkpoints."""
+    path = atomic_save(state, checkpoint_path(run_dir, step))
+    if keep > 0:
+        for old in list_checkpoints(run_dir)[:-keep]:
+            old.unlink(missing_ok=True)
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """A checkpoint dict, read with ``weights_only=True`` (never unpickles code)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises several types for torn or foreign files
+        raise UserError(f"checkpoint {path} is unreadable ({type(error).__name__}); delete it or pick another") from None
+    if not isinstance(state, dict) or "model" not in state:
+        raise UserError(f"{path} is not a kamim checkpoint (no 'model' entry)")
+    return state
+
+
+def export_model(model: MIMModel, info: dict[str, Any], run_dir: str | os.PathLike) -> Path:
+    """Write ``model.safetensors`` (full MIM model) and ``model.json`` (how to rebuild it) atomically."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / EXPORT_NAME
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    save_file(state, str(tmp), metadata={"format": "pt"})
+    info_path = path.with_suffix(".json")
+    info_tmp = info_path.with_name(f".{info_path.name}.tmp{os.getpid()}")
+    info_tmp.write_text(json.dumps(jsonable(info), indent=2, sort_keys=True) + "\n")
+    os.replace(info_tmp, info_path)
+    os.replace(tmp, path)
+    return path
+
+
+def model_from_info(info: dict[str, Any]) -> MIMModel:
+    """Rebuild the (untrained) model that ``info`` (model.json / a checkpoint's model_info) describes."""
+    try:
+        name = info["model"]
+    except (KeyError, TypeError):
+        raise UserError("model description has no 'model' entry; is this a kamim export?") from None
+    return build_model(name, img_size=int(info.get("img_size", 192)), **dict(info.get("overrides") or {}))
+
+
+def _resolve(path: Path) -> Path:
+    if path.is_dir():
+        if (path / EXPORT_NAME).is_file():
+            return path / EXPORT_NAME
+        latest = latest_checkpoint(path)
+        if latest is None:
+            raise UserError(f"{path} holds neither {EXPORT_NAME} nor {CHECKPOINT_DIR}/step-*.pt; is it a run dir?")
+        return latest
+    if not path.is_file():
+        raise UserError(f"{path} does not exist; pass a run dir, a .pt checkpoint or a .safetensors export")
+    return path
+
+
+def load_pretrained(path: str | os.PathLike) -> tuple[MIMModel, dict[str, Any]]:
+    """``(model in eval mode on the CPU, info)`` from a run dir, a ``.pt`` checkpoint or a
+    ``.safetensors`` export (with its ``.json`` beside it). ``info`` is model.json plus ``source``."""
+    source = _resolve(Path(path))
+    if source.suffix == ".safetensors":
+        info_path = source.with_suffix(".json")
+        if not info_path.is_file():
+            raise UserError(f"{source} has no {info_path.name} beside it (it says which model to build)")
+        try:
+            info = json.loads(info_path.read_text())
+            state = load_file(str(source))
+        except (json.JSONDecodeError, SafetensorError, OSError) as error:
+            raise UserError(f"{source} or its .json is unreadable ({error})") from None
+    else:
+        checkpoint = load_checkpoint(source)
+        info, state = dict(checkpoint.get("model_info") or {}), checkpoint["model"]
+    model = model_from_info(info)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        first = str(error).splitlines()[0]
+        raise UserError(f"{source} does not match model '{info.get('model')}' ({first})") from None
+    info["source"] = str(source)
+    return model.eval(), info
