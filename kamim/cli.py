@@ -9,6 +9,7 @@ import click
 # verb -> (module:attribute of the click command, one-line help shown by `kamim --help`).
 # Each verb lives with the stage it belongs to; this table is the only place that lists them.
 COMMANDS: dict[str, tuple[str, str]] = {
+    "analyze": ("kamim.evaluate.analyze:analyze", "Reconstruction, attention and representation analyses (JSON + PNG)."),
     "data": ("kamim.data_cli:data", "Inspect datasets (count, classes, image sizes) before a long job."),
     "linprobe": ("kamim.evaluate.cli_linprobe:linprobe", "Linear probe of a pretrained encoder (top-1/top-5)."),
 }
