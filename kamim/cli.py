@@ -10,6 +10,7 @@ import click
 # Each verb lives with the stage it belongs to; this table is the only place that lists them.
 COMMANDS: dict[str, tuple[str, str]] = {
     "analyze": ("kamim.evaluate.analyze:analyze", "Reconstruction, attention and representation analyses (JSON + PNG)."),
+    "cache": ("kamim.preprocess.cli:cache", "Detect keypoints once and write the zarr or webdataset cache (resumable, all cores)."),
     "data": ("kamim.data_cli:data", "Inspect datasets (count, classes, image sizes) before a long job."),
     "linprobe": ("kamim.evaluate.cli_linprobe:linprobe", "Linear probe of a pretrained encoder (top-1/top-5)."),
 }

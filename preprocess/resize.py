@@ -1,0 +1,45 @@
+"""Canonical resize: the image the cache's detector sees (shorter side = ``detect_size``)."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+
+def canonical_size(height: int, width: int, detect_size: int) -> tuple[int, int]:
+    """(height, width) after scaling the shorter side to ``detect_size`` (longer side rounded)."""
+    short = min(height, width)
+    return (
+        max(1, round(height * detect_size / short)),
+        max(1, round(width * detect_size / short)),
+    )
+
+
+def canonical_resize(image: np.ndarray, detect_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Resize so the shorter side is ``detect_size``; returns ``(resized uint8, scale)``.
+
+    ``scale`` is float64 ``[2]`` = (sx, sy), the per-axis ratio resized/source. The two differ only by
+    the rounding of the longer side, but using the exact per-axis ratio keeps the far edge exact.
+    With ``points [N,2]`` (x, y) it broadcasts: OpenCV pixel centres map as
+    ``p_resized = (p_source + 0.5) * scale - 0.5``.
+    INTER_AREA when shrinking (no aliasing), INTER_LINEAR when enlarging (e.g. CIFAR 32 -> 256).
+    """
+    height, width = image.shape[:2]
+    new_h, new_w = canonical_size(height, width, detect_size)
+    scale = np.array([new_w / width, new_h / height], dtype=np.float64)
+    if (new_h, new_w) == (height, width):
+        return np.ascontiguousarray(image, dtype=np.uint8), scale
+    shrinking = new_h * new_w < height * width
+    interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+    resized = cv2.resize(np.ascontiguousarray(image), (new_w, new_h), interpolation=interpolation)
+    return resized, scale
+
+
+def to_source(points: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """Points in resized-image pixels -> source-image pixels (pixel-centre convention), float32."""
+    return ((np.asarray(points, np.float64) + 0.5) / scale - 0.5).astype(np.float32)
+
+
+def from_source(points: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """Points in source-image pixels -> resized-image pixels (pixel-centre convention), float32."""
+    return ((np.asarray(points, np.float64) + 0.5) * scale - 0.5).astype(np.float32)
