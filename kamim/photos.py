@@ -73,17 +73,18 @@ def _random_crop(photo: np.ndarray, rng: np.random.Generator) -> Image.Image:
     return crop.resize(size, Image.Resampling.BICUBIC)
 
 
-def build_photos(out_dir: Path) -> None:
+def build_photos(out_dir: Path, counts: dict[str, int] | None = None) -> None:
     """Write ``out_dir/{train,val}/<class>/<index>.jpg`` and ``out_dir/MANIFEST.json``."""
+    counts = counts or COUNTS
     sources = load_sources()
-    for split_index, (split, count) in enumerate(COUNTS.items()):
+    for split_index, (split, count) in enumerate(counts.items()):
         rng = np.random.default_rng([SEED, split_index])
         for cls, _ in sources:
             (out_dir / split / cls).mkdir(parents=True, exist_ok=True)
         for index in range(count):
             cls, photo = sources[index % len(sources)]
             _random_crop(photo, rng).save(out_dir / split / cls / f"{index:05d}.jpg", quality=JPEG_QUALITY)
-    manifest = {"version": PHOTOS_VERSION, "seed": SEED, "counts": COUNTS, "classes": [s[0] for s in SOURCES]}
+    manifest = {"version": PHOTOS_VERSION, "seed": SEED, "counts": counts, "classes": [s[0] for s in SOURCES]}
     (out_dir / "MANIFEST.json").write_text(json.dumps(manifest, indent=2) + "\n")
 
 
