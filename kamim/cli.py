@@ -12,6 +12,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "analyze": ("kamim.evaluate.analyze:analyze", "Reconstruction, attention and representation analyses (JSON + PNG)."),
     "cache": ("kamim.preprocess.cli:cache", "Detect keypoints once and write the zarr or webdataset cache (resumable, all cores)."),
     "data": ("kamim.data_cli:data", "Inspect datasets (count, classes, image sizes) before a long job."),
+    "convert": ("kamim.evaluate.cli_convert:convert", "Import the original's HuggingFace ViT checkpoints."),
     "linprobe": ("kamim.evaluate.cli_linprobe:linprobe", "Linear probe of a pretrained encoder (top-1/top-5)."),
 }
 
