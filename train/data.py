@@ -1,0 +1,130 @@
+"""What the loader hands the device: uint8 crops, SimMIM masks and, per method, keypoints or ring maps.
+
+Modes: ``simmim`` (image + mask), ``cached`` (+ the cache's points moved through the same crop and
+flips; rastered on the device), ``online`` (+ the original's ring map: detection on the augmented
+192 crop inside the worker, drawn with cv2.drawKeypoints). Every sample's randomness comes from
+(seed, epoch, index) and the order of an epoch from (seed, epoch), so resumed runs, any number of
+workers and any rank reproduce the same batches.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from kamim.datasets import BadSampleError, ImageDataset
+
+from .augment import crop_image, crop_points, sample_crop, sample_seed, seeded
+from .masking import random_mask
+
+MODES = ("simmim", "cached", "online")
+ORDER_KEY = 2**40  # the "index" that seeds an epoch's order: beyond any sample index
+POINT_PAD = 64  # pad the point count to a multiple of this: few distinct shapes for XLA
+
+
+class PretrainSamples(Dataset):
+    """Map-style: ``samples[(epoch, index)] -> dict`` (keys image, mask and points or map)."""
+
+    def __init__(self, dataset: ImageDataset, mode: str, model_patch_size: int, seed: int, cache: Any = None,
+                 detector: str = "fast", gray: str = "bgr", img_size: int = 192) -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode {mode!r} not in {MODES}")
+        if mode == "cached" and cache is None:
+            raise ValueError("cached mode needs a cache reader")
+        self.dataset, self.mode, self.cache = dataset, mode, cache
+        self.model_patch_size, self.seed, self.img_size = model_patch_size, seed, img_size
+        self.detector, self.gray = detector, gray
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def usable_indices(self) -> np.ndarray:
+        """Indices to train on: all of them, minus the samples the cache recorded as bad."""
+        if self.cache is not None and hasattr(self.cache, "ok"):
+            return np.flatnonzero(np.asarray(self.cache.ok(), dtype=bool))
+        return np.arange(len(self.dataset))
+
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, torch.Tensor]:
+        epoch, index = key
+        image = self._image(index)
+        with seeded(sample_seed(self.seed, epoch, index)):
+            crop = sample_crop(image.shape[0], image.shape[1], self.img_size)
+            mask = random_mask(None, self.model_patch_size, self.img_size)
+        sample = {"image": crop_image(image, crop, self.img_size), "mask": mask}
+        if self.mode == "cached":
+            sample["points"] = torch.from_numpy(crop_points(self.cache.points(index), crop, self.img_size))
+        elif self.mode == "online":
+            sample["map"] = torch.from_numpy(online_ring_map(sample["image"], self.detector, self.gray))
+        return sample
+
+    def _image(self, index: int) -> np.ndarray:
+        # A file that broke after the cache was built: train on the next good one rather than stop a
+        # long run; deterministic, so resume still reproduces it.
+        for step in range(len(self.dataset)):
+            try:
+                return self.dataset[(index + step) % len(self.dataset)][0]
+            except BadSampleError:
+                continue
+        raise RuntimeError("no readable image in the dataset")
+
+
+def online_ring_map(crop: torch.Tensor, detector: str, gray: str = "bgr") -> np.ndarray:
+    """The original's map for a uint8 [3,H,W] crop: detect on it as is, draw with OpenCV, sign()."""
+    from kamim.preprocess.detect import detect_keypoints
+    from kamim.preprocess.raster import ring_map_opencv
+
+    hwc = np.ascontiguousarray(crop.permute(1, 2, 0).numpy())
+    points = detect_keypoints(hwc, detector, gray=gray)
+    return ring_map_opencv(points, hwc.shape[0]).astype(np.uint8)
+
+
+def epoch_order(indices: np.ndarray, seed: int, epoch: int, rank: int = 0, world: int = 1) -> np.ndarray:
+    """This rank's share of epoch ``epoch``'s shuffled order (equal length on every rank)."""
+    generator = torch.Generator().manual_seed(sample_seed(seed, epoch, ORDER_KEY))
+    order = np.asarray(indices)[torch.randperm(len(indices), generator=generator).numpy()]
+    per_rank = len(order) // world
+    return order[rank * per_rank:(rank + 1) * per_rank]
+
+
+class EpochBatches(Sampler):
+    """Endless batches of ``(epoch, index)`` keys, starting at global batch ``start`` (for resume).
+
+    Incomplete batches at the end of an epoch are dropped (fixed shapes, exact effective batch).
+    """
+
+    def __init__(self, indices: Sequence[int] | np.ndarray, batch_size: int, seed: int, start: int = 0,
+                 rank: int = 0, world: int = 1) -> None:
+        self.indices, self.batch_size, self.seed = np.asarray(indices), batch_size, seed
+        self.start, self.rank, self.world = start, rank, world
+        self.batches_per_epoch = (len(self.indices) // world) // batch_size
+        if self.batches_per_epoch == 0:
+            raise ValueError(f"{len(self.indices)} samples over {world} rank(s) cannot fill one batch of {batch_size}")
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        epoch, offset = divmod(self.start, self.batches_per_epoch)
+        while True:
+            order = epoch_order(self.indices, self.seed, epoch, self.rank, self.world)
+            for b in range(offset, self.batches_per_epoch):
+                chunk = order[b * self.batch_size:(b + 1) * self.batch_size]
+                yield [(epoch, int(i)) for i in chunk]
+            epoch, offset = epoch + 1, 0
+
+
+def collate(samples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Stack images/masks/maps; pad points to [B, P, 2] (P a multiple of 64) with their counts [B]."""
+    batch = {"image": torch.stack([s["image"] for s in samples]), "mask": torch.stack([s["mask"] for s in samples])}
+    if "map" in samples[0]:
+        batch["map"] = torch.stack([s["map"] for s in samples])
+    if "points" in samples[0]:
+        counts = [len(s["points"]) for s in samples]
+        width = max(POINT_PAD, math.ceil(max(counts) / POINT_PAD) * POINT_PAD)
+        points = torch.zeros(len(samples), width, 2, dtype=torch.float32)
+        for row, s in enumerate(samples):
+            points[row, : len(s["points"])] = s["points"]
+        batch["points"], batch["counts"] = points, torch.tensor(counts, dtype=torch.int64)
+    return batch

@@ -1,0 +1,93 @@
+"""The training loop: micro-batches with accumulation, weighting on the device, one optimiser step each."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .augment import normalize
+from .device import Device
+from .masking import pixel_mask
+from .weighting import keypoint_pixel_weights, reconstruction_loss
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    method: str  # kamim | simmim
+    weight_ps: int
+    temperature: float
+    img_size: int
+    patch_size: int
+
+
+@dataclass
+class StepResult:
+    step: int
+    loss: torch.Tensor  # mean over the micro-batches, on the device (read it only when logging)
+    grad_norm: torch.Tensor
+    lr: float
+    images: int
+    seconds: float
+    last: dict[str, torch.Tensor]  # the last micro-batch (inputs, mask, reconstruction, weights)
+
+
+def batch_weights(batch: dict[str, torch.Tensor], spec: LossSpec) -> torch.Tensor | None:
+    """Pixel weights [B,1,H,W] from the batch's ring maps (online) or points (cached); None = SimMIM."""
+    if spec.method == "simmim" or math.isinf(spec.temperature):
+        return None
+    if "map" in batch:
+        maps = batch["map"]
+    else:
+        from kamim.preprocess.raster import ring_maps_torch
+
+        maps = ring_maps_torch(batch["points"], batch["counts"], spec.img_size)
+    return keypoint_pixel_weights(maps, spec.weight_ps, spec.temperature)
+
+
+def micro_batch(model: nn.Module, batch: dict[str, torch.Tensor], spec: LossSpec, device: Device):  # noqa: ANN201
+    images = normalize(batch["image"])
+    weights = batch_weights(batch, spec)
+    masks = pixel_mask(batch["mask"], spec.patch_size)
+    with device.autocast():
+        recon = model(images, batch["mask"])
+    return reconstruction_loss(images, recon, masks, weights), {"images": images, "pixel_mask": masks,
+                                                                  "recon": recon, "weights": weights}
+
+
+def train_steps(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, scaler: torch.amp.GradScaler,  # noqa: ANN001
+                batches: Iterator[dict[str, torch.Tensor]], device: Device, spec: LossSpec, start: int, stop: int,
+                accumulation: int, clip_grad: float) -> Iterator[StepResult]:
+    """Run optimiser steps start+1 .. stop, yielding after each. The LR schedule is indexed by optimiser
+    step (the original indexed it by micro-batch, so it ran ``accumulation`` times too fast)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    model.train()
+    for step in range(start + 1, stop + 1):
+        began = time.perf_counter()
+        total, count = torch.zeros((), device=device.device), 0
+        for micro in range(accumulation):
+            batch = device.to(next(batches))
+            # DDP: all-reduce gradients only on the last micro-batch of the step.
+            sync = micro == accumulation - 1 or not hasattr(model, "no_sync")
+            with contextlib.nullcontext() if sync else model.no_sync():
+                loss, last = micro_batch(model, batch, spec, device)
+                scaler.scale(loss / accumulation).backward()
+            total, count = total + loss.detach(), count + batch["image"].shape[0]
+            device.mark_step()
+        device.reduce_gradients(optimizer)
+        scaler.unscale_(optimizer)
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, clip_grad)
+        lr = optimizer.param_groups[0]["lr"]
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        scheduler.step_update(num_updates=step)
+        device.mark_step()
+        yield StepResult(step, total / accumulation, grad_norm, lr, count * device.world,
+                         time.perf_counter() - began, last)
+

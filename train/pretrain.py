@@ -1,0 +1,270 @@
+"""``kamim pretrain``: SimMIM or KAMIM pretraining, faithful to the original recipe, resumable."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import click
+import numpy as np
+import torch
+
+from kamim.config import config_dict, format_config, save_config
+from kamim.errors import UserError
+from kamim.paths import runs_root
+
+from .checkpoint import export_model, latest_checkpoint, load_checkpoint, save_checkpoint
+from .data import EpochBatches, PretrainSamples, collate
+from .device import Device, resolve_device, to_host
+from .engine import LossSpec, train_steps
+from .models import MODELS, build_model
+from .observe import MetricsLog, save_grid
+from .setup import open_training_cache, parse_overrides, resume_mismatches
+from .weighting import WEIGHT_PATCH_SIZES
+
+IMG_SIZE = 192
+WARMUP_FRACTION = 10 / 110  # the original: 10 warmup epochs of 110, overlapping the cosine
+COSINE_FRACTION = 100 / 110  # the cosine reaches lr_min after 100 of 110 epochs; the rest runs at lr_min
+
+
+@dataclass
+class PretrainConfig:
+    model: str = "vit_t"
+    overrides: dict[str, Any] = field(default_factory=dict)
+    method: str = "kamim"
+    keypoints: str = "cached"
+    cache: str | None = None
+    detector: str = "fast"
+    detect_size: int = 256
+    gray: str = "bgr"
+    weight_ps: int = 8
+    temperature: float = 0.25
+    dataset: str = "photos"
+    split: str = "train"
+    data_root: str | None = None
+    device: str = "auto"
+    precision: str = "auto"
+    out: str | None = None
+    steps: int | None = None
+    epochs: float | None = None
+    stop_after: int | None = None
+    batch_size: int = 64
+    accumulation: int = 1
+    lr: float = 8e-4
+    weight_decay: float = 0.05
+    warmup_steps: int | None = None
+    warmup_lr: float = 1e-6
+    min_lr: float = 1e-5
+    clip_grad: float = 1.0
+    workers: int = 4
+    seed: int = 0
+    resume: bool = False
+    log_every: int = 1
+    save_every: int = 500
+    grid_every: int = 500
+    keep_checkpoints: int = 2
+    tensorboard: bool = False
+    wandb: str | None = None
+
+
+def validate(cfg: PretrainConfig) -> None:
+    checks = [
+        (cfg.model in MODELS, f"--model {cfg.model}: unknown model; choose one of {', '.join(MODELS)}"),
+        (cfg.method in ("kamim", "simmim"), f"--method {cfg.method}: use kamim or simmim"),
+        (cfg.gray in ("bgr", "rgb"), f"--gray {cfg.gray}: use bgr or rgb"),
+        (cfg.detector in ("fast", "sift", "orb"), f"--detector {cfg.detector}: use fast, sift or orb"),
+        (cfg.keypoints in ("cached", "online"), f"--keypoints {cfg.keypoints}: use cached or online"),
+        (cfg.weight_ps in WEIGHT_PATCH_SIZES and IMG_SIZE % cfg.weight_ps == 0,
+         f"--weight-ps {cfg.weight_ps}: use 8, 16 or 32 (must divide {IMG_SIZE} and sit inside a 32-px mask patch)"),
+        (cfg.temperature > 0, f"--temperature {cfg.temperature}: must be > 0 (inf gives SimMIM's loss)"),
+        (cfg.batch_size >= 1 and cfg.accumulation >= 1, "--batch-size and --accumulation must be >= 1"),
+        (cfg.steps is None or cfg.steps >= 1, f"--steps {cfg.steps}: must be >= 1"),
+        (cfg.epochs is None or cfg.epochs > 0, f"--epochs {cfg.epochs}: must be > 0"),
+        (cfg.lr > 0 and cfg.min_lr >= 0 and cfg.warmup_lr >= 0, "--lr must be > 0"),
+        (cfg.warmup_steps is None or cfg.warmup_steps >= 0, "--warmup-steps must be >= 0"),
+        (cfg.workers >= 0, f"--workers {cfg.workers}: must be >= 0"),
+        (min(cfg.log_every, cfg.save_every) >= 1 and cfg.grid_every >= 0, "--log-every/--save-every must be >= 1"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise UserError(message)
+
+
+def default_run_dir(cfg: PretrainConfig) -> Path:
+    detector = cfg.detector if cfg.method == "kamim" else "none"
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return runs_root() / f"{cfg.dataset}-{cfg.model}-{cfg.method}-{detector}-wps{cfg.weight_ps}-T{cfg.temperature:g}-{stamp}"
+
+
+def schedule_lengths(cfg: PretrainConfig, batches_per_epoch: int) -> tuple[int, int, int]:
+    """(total optimiser steps, warmup steps, cosine length) in optimiser steps."""
+    steps_per_epoch = max(1, batches_per_epoch // cfg.accumulation)
+    total = cfg.steps if cfg.steps is not None else max(1, round((cfg.epochs or 110) * steps_per_epoch))
+    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else round(total * WARMUP_FRACTION)
+    return total, warmup, max(1, round(total * COSINE_FRACTION))
+
+
+def rng_states() -> dict[str, Any]:
+    version, state, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    states = {"python": [version, list(state), gauss], "numpy": [name, keys.tolist(), pos, has_gauss, cached],
+              "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def restore_rng_states(states: dict[str, Any]) -> None:
+    version, state, gauss = states["python"]
+    random.setstate((version, tuple(state), gauss))
+    name, keys, pos, has_gauss, cached = states["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(states["torch"])
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+def run_pretrain(cfg: PretrainConfig) -> Path:
+    """Train as ``cfg`` says; returns the run dir (with model.safetensors once all steps are done)."""
+    validate(cfg)
+    build_model(cfg.model, IMG_SIZE, **cfg.overrides)  # bad overrides fail before any work
+    device = resolve_device(cfg.device, cfg.precision)
+    run_dir = Path(cfg.out) if cfg.out else default_run_dir(cfg)
+    checkpoint = None
+    if latest_checkpoint(run_dir) is not None and not cfg.resume:
+        raise UserError(f"{run_dir} already holds checkpoints; pass --resume to continue it or a new --out")
+    if cfg.resume:
+        if cfg.out is None:
+            raise UserError("--resume needs --out RUN_DIR (the run to continue)")
+        path = latest_checkpoint(run_dir)
+        if path is None:
+            raise UserError(f"--resume: {run_dir} has no checkpoints/step-*.pt to continue from")
+        checkpoint = load_checkpoint(path)
+        bad = resume_mismatches(checkpoint.get("config", {}), config_dict(cfg))
+        if bad:
+            raise UserError(f"--resume: these settings differ from the run in {run_dir}: {bad}")
+    log = click.echo if device.is_main else (lambda *a, **k: None)
+    log(format_config(cfg), err=True)
+
+    from kamim.datasets import open_dataset
+
+    dataset = open_dataset(cfg.dataset, cfg.split, cfg.data_root)
+    mode = "simmim" if cfg.method == "simmim" else cfg.keypoints
+    cache = open_training_cache(cfg, dataset, log) if mode == "cached" else None
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model, IMG_SIZE, **cfg.overrides).to(device.device)
+    samples = PretrainSamples(dataset, mode, model.patch_size, cfg.seed, cache, cfg.detector, cfg.gray, IMG_SIZE)
+    indices = samples.usable_indices()
+    try:
+        batches_per_epoch = EpochBatches(indices, cfg.batch_size, cfg.seed, 0, device.rank, device.world).batches_per_epoch
+    except ValueError as error:
+        raise UserError(f"--batch-size {cfg.batch_size}: {error}") from None
+    total, warmup, cosine = schedule_lengths(cfg, batches_per_epoch)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.999))
+    from timm.scheduler import CosineLRScheduler
+
+    scheduler = CosineLRScheduler(optimizer, t_initial=cosine, lr_min=cfg.min_lr, warmup_t=warmup,
+                                  warmup_lr_init=cfg.warmup_lr, cycle_limit=1, t_in_epochs=False)
+    scaler = device.grad_scaler()
+    start = 0
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        scaler.load_state_dict(checkpoint["scaler"])
+        restore_rng_states(checkpoint["rng"])
+        start = int(checkpoint["step"])
+        log(f"resuming {run_dir} from step {start}", err=True)
+    effective = cfg.batch_size * cfg.accumulation * device.world
+    log(f"model {cfg.model} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params) on {device.kind} "
+        f"({device.precision}); {len(indices)} images, {batches_per_epoch} batches/epoch per rank", err=True)
+    log(f"effective batch {effective} = {cfg.batch_size} x {cfg.accumulation} accumulation x {device.world} "
+        f"rank(s) (original recipe: 2048); lr {cfg.lr:g} (AdamW, wd {cfg.weight_decay:g}); {total} optimiser "
+        f"steps, warmup {warmup} from {cfg.warmup_lr:g}, cosine to {cfg.min_lr:g} over {cosine} steps, "
+        f"stepped per optimiser step (the original stepped per micro-batch)", err=True)
+    if device.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.json")
+
+    loader = torch.utils.data.DataLoader(
+        samples, batch_sampler=EpochBatches(indices, cfg.batch_size, cfg.seed, start * cfg.accumulation,
+                                            device.rank, device.world),
+        num_workers=cfg.workers, collate_fn=collate, pin_memory=device.kind == "cuda",
+        # zarr must not be touched before a fork (reference/anchors.md B.3): cached mode starts workers
+        # from a clean forkserver process instead.
+        multiprocessing_context=("forkserver" if cache is not None else None) if cfg.workers else None,
+    )
+    info = {"model": cfg.model, "overrides": cfg.overrides, "img_size": IMG_SIZE, "method": cfg.method,
+            "keypoints": cfg.keypoints, "detector": cfg.detector if cfg.method == "kamim" else None,
+            "detect_size": cfg.detect_size, "gray": cfg.gray, "weight_ps": cfg.weight_ps,
+            "temperature": cfg.temperature, "dataset": cfg.dataset, "split": cfg.split, "seed": cfg.seed}
+    fingerprint = cache.manifest["dataset"]["fingerprint"] if cache is not None else dataset.fingerprint()
+    train_model = model
+    if device.world > 1 and device.kind != "xla":
+        train_model = torch.nn.parallel.DistributedDataParallel(model)
+    spec = LossSpec(cfg.method, cfg.weight_ps, cfg.temperature, IMG_SIZE, model.patch_size)
+    stop = min(total, cfg.stop_after) if cfg.stop_after else total
+
+    def save(step: int) -> None:
+        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "step": step,
+                 "micro_batches": step * cfg.accumulation, "rng": rng_states(), "config": config_dict(cfg),
+                 "model_info": {**info, "step": step}, "cache_fingerprint": fingerprint}
+        if device.is_main:
+            save_checkpoint(run_dir, step, to_host(state), keep=cfg.keep_checkpoints)
+
+    metrics = MetricsLog(run_dir, config_dict(cfg), cfg.tensorboard, cfg.wandb, start) if device.is_main else None
+    run_steps(train_model, model, optimizer, scheduler, scaler, iter(loader), device, spec, cfg, start, stop,
+              total, metrics, save, run_dir, batches_per_epoch)
+    if metrics is not None:
+        metrics.close()
+    if stop == total and device.is_main:
+        export_model(model, {**info, "step": total}, run_dir)
+        log(f"done: {run_dir / 'model.safetensors'} (+ model.json); checkpoints in {run_dir / 'checkpoints'}", err=True)
+    device.barrier()
+    return run_dir
+
+
+def run_steps(train_model, model, optimizer, scheduler, scaler, batches, device: Device, spec: LossSpec,  # noqa: ANN001
+              cfg: PretrainConfig, start: int, stop: int, total: int, metrics: MetricsLog | None, save,
+              run_dir: Path, batches_per_epoch: int) -> None:
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, initial=start, desc="pretrain", disable=not device.is_main, dynamic_ncols=True)
+    for result in train_steps(train_model, optimizer, scheduler, scaler, batches, device, spec, start, stop,
+                              cfg.accumulation, cfg.clip_grad):
+        step = result.step
+        if metrics is not None and (step % cfg.log_every == 0 or step == stop):
+            loss = float(result.loss)
+            if not math.isfinite(loss):
+                raise UserError(f"loss became {loss} at step {step}; lower --lr or use --precision fp32")
+            epoch = step * cfg.accumulation / batches_per_epoch
+            record = {"step": step, "epoch": round(epoch, 4), "loss": loss, "lr": result.lr,
+                      "grad_norm": float(result.grad_norm), "img_s": result.images / result.seconds,
+                      "time": time.time()}
+            metrics.write(record)
+            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{result.lr:.2e}", img_s=f"{record['img_s']:.1f}")
+        if device.is_main and cfg.grid_every and (step % cfg.grid_every == 0 or step == stop):
+            last = result.last
+            save_grid(run_dir / "grids" / f"step-{step:07d}.png", last["images"], last["pixel_mask"],
+                      last["recon"], last["weights"])
+        if step % cfg.save_every == 0 or step == stop:
+            save(step)
+        bar.update(1)
+    bar.close()
+
+
+def config_from_options(options: dict[str, Any]) -> PretrainConfig:
+    options = dict(options)
+    try:
+        options["temperature"] = float(options["temperature"])  # "inf": SimMIM's loss via the KAMIM path
+    except ValueError:
+        raise UserError(f"--temperature {options['temperature']!r}: not a number (e.g. 0.25, or inf)") from None
+    options["overrides"] = parse_overrides(options.pop("override", ()))
+    names = {f.name for f in dataclasses.fields(PretrainConfig)}
+    return PretrainConfig(**{k: v for k, v in options.items() if k in names})

@@ -1,0 +1,69 @@
+"""Pretraining set-up helpers: find (or build) the keypoint cache, parse model overrides, check resumes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from kamim.errors import UserError
+from kamim.paths import default_cache_dir
+
+# Settings that may change between a run and its resume; everything else must match.
+RESUMABLE_CHANGES = {"out", "resume", "device", "workers", "log_every", "save_every", "grid_every", "stop_after",
+                     "keep_checkpoints", "tensorboard", "wandb", "cache", "data_root"}
+INT_LISTS = {"depths", "num_heads"}
+
+
+def parse_overrides(items: tuple[str, ...] | list[str]) -> dict[str, Any]:
+    """``("depth=2", "embed_dim=32", "depths=1,1,1,1")`` -> ``{"depth": 2, "embed_dim": 32, "depths": [1,1,1,1]}``."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        try:
+            if not sep:
+                raise ValueError
+            numbers = [int(v) for v in value.split(",")]
+        except ValueError:
+            raise UserError(f"--override {item!r}: use NAME=INT or NAME=INT,INT,... (e.g. depth=2)") from None
+        out[key] = numbers if (key in INT_LISTS and "," in value) or len(numbers) > 1 else numbers[0]
+    return out
+
+
+def resume_mismatches(saved: dict[str, Any], current: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
+    """{setting: (saved, now)} for settings that would make the resumed run differ from the original."""
+    keys = (set(saved) | set(current)) - RESUMABLE_CHANGES
+    return {k: (saved.get(k), current.get(k)) for k in sorted(keys) if saved.get(k) != current.get(k)}
+
+
+def open_training_cache(cfg: Any, dataset: Any, log: Callable[..., None]) -> Any:
+    """The cache for ``cfg`` (``--cache`` or the default location, built there first if absent), checked
+    against the dataset's fingerprint and the requested detector."""
+    from kamim.cache import open_cache
+
+    path = Path(cfg.cache) if cfg.cache else default_cache_dir(cfg.dataset, cfg.split, cfg.detector,
+                                                               cfg.detect_size, "zarr", cfg.gray)
+    if cfg.cache and not path.exists():
+        raise UserError(f"--cache {path} does not exist; build it with `kamim cache` or leave --cache out")
+    if not cfg.cache and not (path / "manifest.json").exists():
+        log(f"no keypoint cache at {path}: building it first (kamim cache --dataset {cfg.dataset} "
+            f"--split {cfg.split} --detector {cfg.detector} --detect-size {cfg.detect_size})", err=True)
+        from kamim.preprocess.build import CacheConfig, build_cache
+
+        path = build_cache(CacheConfig(dataset=cfg.dataset, split=cfg.split, data_root=cfg.data_root,
+                                       detector=cfg.detector, detect_size=cfg.detect_size, gray=cfg.gray,
+                                       out=str(path)))
+    cache = open_cache(path)
+    manifest = cache.manifest
+    if manifest["format"] != "zarr":
+        raise UserError(f"--cache {path} is a {manifest['format']} cache; the trainer reads zarr caches "
+                        f"(kamim cache --format zarr)")
+    for key in ("detector", "detect_size", "gray"):
+        wanted = getattr(cfg, key)
+        if manifest[key] != wanted:
+            flag = key.replace("_", "-")
+            raise UserError(f"--cache {path} was built with {key} {manifest[key]} but --{flag} is {wanted}; "
+                            f"pass --{flag} {manifest[key]} or another cache")
+    cache.check_dataset(dataset)
+    log(f"keypoint cache {path} ({manifest['detector']}, detect size {manifest['detect_size']})", err=True)
+    return cache
