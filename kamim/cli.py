@@ -13,7 +13,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "cache": ("kamim.preprocess.cli:cache", "Detect keypoints once and write the zarr or webdataset cache (resumable, all cores)."),
     "data": ("kamim.data_cli:data", "Inspect datasets (count, classes, image sizes) before a long job."),
     "convert": ("kamim.evaluate.cli_convert:convert", "Import the original's HuggingFace ViT checkpoints."),
+    "finetune": ("kamim.evaluate.cli_finetune:finetune", "Finetune a pretrained encoder (layer decay, mixup/cutmix)."),
     "linprobe": ("kamim.evaluate.cli_linprobe:linprobe", "Linear probe of a pretrained encoder (top-1/top-5)."),
+    "pretrain": ("kamim.train.pretrain_cli:pretrain", "SimMIM/KAMIM pretraining from the keypoint cache (resumable)."),
+    "weights": ("kamim.evaluate.weights_cli:weights", "Show an image's keypoints, densities and KAMIM weight map."),
 }
 
 
