@@ -14,6 +14,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("kamim.data_cli:data", "Inspect datasets (count, classes, image sizes) before a long job."),
     "convert": ("kamim.evaluate.cli_convert:convert", "Import the original's HuggingFace ViT checkpoints."),
     "finetune": ("kamim.evaluate.cli_finetune:finetune", "Finetune a pretrained encoder (layer decay, mixup/cutmix)."),
+    "sweep": ("kamim.evaluate.cli_sweep:sweep", "w_ps x T x detector sweep: pretrain + linear probe per point."),
     "linprobe": ("kamim.evaluate.cli_linprobe:linprobe", "Linear probe of a pretrained encoder (top-1/top-5)."),
     "pretrain": ("kamim.train.pretrain_cli:pretrain", "SimMIM/KAMIM pretraining from the keypoint cache (resumable)."),
     "weights": ("kamim.evaluate.weights_cli:weights", "Show an image's keypoints, densities and KAMIM weight map."),
