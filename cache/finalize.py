@@ -21,7 +21,7 @@ from kamim.cache.manifest import (
     keypoint_stats,
     read_json,
 )
-from kamim.cache.parts import block_path, describe_ranges, finished_blocks, read_block
+from kamim.cache.parts import block_path, describe_ranges, finished_blocks, read_block, remove_stale_temps
 from kamim.cache.wds_store import SHARD_NAME
 from kamim.cache.zarr_store import write_zarr
 from kamim.errors import UserError
@@ -35,9 +35,10 @@ def finalize(out: str | os.PathLike) -> Path:
     """Assemble ``out/parts/`` into the cache at ``out``; UserError (listing them) if blocks are missing."""
     out = Path(out)
     parts = out / PARTS
+    if (out / MANIFEST).is_file():  # already finalized (the manifest lands last); a killed cleanup may remain
+        shutil.rmtree(parts, ignore_errors=True)
+        return out
     if not (parts / BUILD).is_file():
-        if (out / MANIFEST).is_file():
-            return out  # already finalized
         raise UserError(
             f"{out}: no {PARTS}/{BUILD}, so no cache build to finalize; start one with `kamim cache`"
         )
@@ -61,6 +62,7 @@ def finalize(out: str | os.PathLike) -> Path:
         raise UserError(
             f"{out}: blocks hold {len(counts_all)} images, expected {num_images}; delete {out} and rebuild"
         )
+    remove_stale_temps(out, {ERRORS, MANIFEST})  # left by a finalize that was killed before its renames
     errors_text = "".join(json.dumps(e, sort_keys=True) + "\n" for e in errors)
     atomic_write(out / ERRORS, errors_text.encode())
     ok = status_all == STATUS_OK
