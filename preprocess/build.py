@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -184,6 +185,7 @@ def _prepare(cfg: CacheConfig, out: Path, identity: dict) -> bool:
     if (out / MANIFEST).is_file():
         manifest = read_manifest(out)
         if {k: manifest.get(k) for k in identity} == identity:
+            shutil.rmtree(out / PARTS, ignore_errors=True)  # a build killed during its final cleanup
             return True
         raise UserError(
             f"{out} holds a different cache (other dataset files or options); delete it or pick --out"
