@@ -14,8 +14,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from webdataset import TarWriter
-from webdataset.tariterators import tarfile_samples
 
 from kamim.cache.manifest import check_dataset, read_manifest
 from kamim.datasets import decode_image
@@ -41,12 +39,14 @@ def encode_sample(index: int, image_rgb: np.ndarray, points: np.ndarray, label: 
         "__key__": sample_key(index),
         "jpg": jpeg.tobytes(),
         "kp.npy": buffer.getvalue(),
-        "cls": str(int(label)),
+        "cls": str(int(label)).encode(),
     }
 
 
 def write_shard(path: Path, samples: list[dict]) -> None:
     """Write a tar shard atomically (temp + rename), byte-reproducibly (fixed mtime and owner)."""
+    from webdataset import TarWriter  # imports torch: only when a wds cache is written or read
+
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     with open(tmp, "wb") as handle:
         with TarWriter(handle, encoder=False, mtime=0, user="kamim", group="kamim", mode=0o444) as writer:
@@ -74,6 +74,8 @@ def _known_file(name: str) -> bool:
 
 def iter_wds(shards: Iterable[str | os.PathLike]) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
     """Stream (image, points, label) from the shards in order (no splitting, shuffling or resampling)."""
+    from webdataset.tariterators import tarfile_samples
+
     urls = [{"url": os.fspath(shard)} for shard in shards]
     for sample in tarfile_samples(urls, select_files=_known_file):
         yield decode_wds_sample(sample)
