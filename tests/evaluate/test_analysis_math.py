@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
+
 from kamim.evaluate.analysis_math import (
     attention_distance,
     attention_nmi,

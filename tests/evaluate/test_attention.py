@@ -2,10 +2,10 @@
 
 import pytest
 import torch
-from kamim.evaluate.attention import resolve_depth, trace_encoder
 from timm.models.vision_transformer import VisionTransformer
 
 from kamim.errors import UserError
+from kamim.evaluate.attention import resolve_depth, trace_encoder
 
 
 def tiny_vit() -> VisionTransformer:
