@@ -182,8 +182,10 @@ def ring_maps_torch(points, counts, size: int | tuple[int, int] = 192):  # noqa:
     batch, num_points = points.shape[:2]
     device = points.device
     dy, dx, valid = _offsets_on(device)
-    fixed = torch.round(points.to(torch.float64) * SUBPIXEL).to(torch.int64)  # round-half-even like cvRound
-    ix, iy = fixed[..., 0] >> 4, fixed[..., 1] >> 4
+    # float32 like OpenCV (cvRound(pt.x * 16) on a float): x16 is exact in float32, and TPUs lack float64.
+    fixed = torch.round(points.to(torch.float32) * SUBPIXEL).to(torch.int64)  # round-half-even like cvRound
+    # Floor division, not >> 4: torch_xla 2.9 shifts negative integers towards zero.
+    ix, iy = fixed[..., 0].div(SUBPIXEL, rounding_mode="floor"), fixed[..., 1].div(SUBPIXEL, rounding_mode="floor")
     sx, sy = _axis_state(ix, width, torch), _axis_state(iy, height, torch)
     present = torch.arange(num_points, device=device)[None, :] < counts.to(device)[:, None]
     present = present & (sx >= 0) & (sy >= 0)
