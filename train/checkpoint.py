@@ -68,9 +68,16 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
     return path
 
 
+def remove_stale_temps(folder: Path, name: str) -> None:
+    """Delete the temp files (``.NAME.tmpPID``) that a process killed mid-write left beside ``name``."""
+    for stale in folder.glob(f".{name}.tmp*"):
+        stale.unlink(missing_ok=True)
+
+
 def save_checkpoint(run_dir: str | os.PathLike, step: int, state: dict[str, Any], keep: int = 2) -> Path:
     """Write ``checkpoints/step-XXXXXXX.pt`` and delete all but the newest ``keep`` checkpoints."""
     path = atomic_save(state, checkpoint_path(run_dir, step))
+    remove_stale_temps(path.parent, "step-*.pt")
     if keep > 0:
         for old in list_checkpoints(run_dir)[:-keep]:
             old.unlink(missing_ok=True)
@@ -104,6 +111,7 @@ def export_model(model: MIMModel, info: dict[str, Any], run_dir: str | os.PathLi
     info_tmp.write_text(json.dumps(jsonable(info), indent=2, sort_keys=True) + "\n")
     os.replace(info_tmp, info_path)
     os.replace(tmp, path)
+    remove_stale_temps(run_dir, "model.*")
     return path
 
 
