@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 PRELOAD = ["numpy", "torch", "cv2", "zarr", "kamim.preprocess.build", "kamim.cache", "kamim.train.checkpoint",
            "kamim.train.pretrain"]
-POINTS = ("before-replace", "after-replace", "rmtree", "zarr-write", "never")
+POINTS = ("before-replace", "after-replace", "rmtree", "zarr-write", "call", "never")
 
 
 def _die() -> None:
@@ -27,7 +27,8 @@ def _die() -> None:
 
 
 def install_crash(point: str, pattern: str = "*", nth: int = 1) -> None:
-    """SIGKILL this process at the ``nth`` matching ``point`` (file-name ``pattern`` for renames)."""
+    """SIGKILL this process at the ``nth`` matching ``point``: ``pattern`` is a file-name pattern for
+    renames, an array name for zarr writes, ``module:function`` for calls (killed on entry)."""
     assert point in POINTS, point
     seen = 0
 
@@ -69,6 +70,22 @@ def install_crash(point: str, pattern: str = "*", nth: int = 1) -> None:
                 _die()
 
         zarr.Array.__setitem__ = setitem
+    elif point == "call":
+        import importlib
+
+        module_name, name = pattern.split(":")
+        module = importlib.import_module(module_name)
+        real = getattr(module, name)
+        calls = 0
+
+        def call(*args, **kwargs):  # noqa: ANN202
+            nonlocal calls
+            calls += 1
+            if calls == nth:
+                _die()
+            return real(*args, **kwargs)
+
+        setattr(module, name, call)
 
 
 def _child(point: str, pattern: str, nth: int, fn: Callable, args: tuple, limits: dict | None) -> None:
