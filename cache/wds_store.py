@@ -17,6 +17,7 @@ import numpy as np
 
 from kamim.cache.manifest import check_dataset, read_manifest
 from kamim.datasets import decode_image
+from kamim.errors import UserError
 
 SHARD_NAME = "shard-{:06d}.tar"
 JPEG_QUALITY = 90
@@ -63,13 +64,22 @@ def decode_wds_sample(sample: dict) -> tuple[np.ndarray, np.ndarray, int]:
     Use it as ``wds.WebDataset(...).map(decode_wds_sample)``; only the three known keys are read.
     """
     key = sample.get("__key__", "?")
+    where = f"{sample.get('__url__', 'shard')}: sample {key}"
+    missing = [k for k in SAMPLE_KEYS if k not in sample]
+    if missing:
+        raise UserError(f"{where} lacks {', '.join(missing)}: not a kamim shard; rebuild with `kamim cache --format wds`")
     image = decode_image(sample["jpg"], name=f"{key}.jpg")
-    points = np.load(io.BytesIO(sample["kp.npy"]), allow_pickle=False).astype(np.float32).reshape(-1, 2)
-    return image, points, int(sample["cls"])
+    try:  # allow_pickle=False: an object array (a pickle) is refused, never loaded
+        points = np.load(io.BytesIO(sample["kp.npy"]), allow_pickle=False).astype(np.float32).reshape(-1, 2)
+        label = int(sample["cls"])
+    except (ValueError, OSError, EOFError) as error:
+        raise UserError(f"{where}: unreadable keypoints or label ({error}); rebuild with `kamim cache`") from None
+    return image, points, label
 
 
 def _known_file(name: str) -> bool:
-    return name.split("/")[-1].split(".", 1)[-1].lower() in SAMPLE_KEYS
+    # Our shards are flat: a member with a directory part (path-like, e.g. ../x.jpg) is never ours.
+    return "/" not in name and name.split(".", 1)[-1].lower() in SAMPLE_KEYS
 
 
 def iter_wds(shards: Iterable[str | os.PathLike]) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
