@@ -54,12 +54,34 @@ def read_manifest(cache_dir: str | os.PathLike) -> dict:
             )
         raise UserError(f"{cache_dir}: not a kamim cache (no {MANIFEST}); build one with `kamim cache`")
     manifest = read_json(path)
+    if not isinstance(manifest, dict):
+        raise UserError(f"{path}: not a kamim manifest (a JSON object expected); rebuild it with `kamim cache`")
     if manifest.get("format_version") != FORMAT_VERSION or manifest.get("format") not in FORMATS:
         raise UserError(
             f"{path}: cache format {manifest.get('format')!r} version {manifest.get('format_version')} is not "
             f"supported (expected version {FORMAT_VERSION}); rebuild it with `kamim cache`"
         )
+    bad = [f"{where}.{key}" for where, fields, obj in _required(manifest) for key, kind in fields.items()
+           if not isinstance(obj.get(key), kind) or isinstance(obj.get(key), bool)]
+    if bad:
+        raise UserError(f"{path}: missing or malformed {', '.join(bad)}; rebuild the cache with `kamim cache`")
     return manifest
+
+
+_FIELDS = {"detector": str, "detect_size": int, "gray": str, "subpixel_steps": int, "dataset": dict,
+           "status_counts": dict}
+_DATASET_FIELDS = {"name": str, "split": str, "count": int, "fingerprint": str}
+_WDS_FIELDS = {"shards": list, "samples": int}
+
+
+def _required(manifest: dict) -> list[tuple[str, dict, dict]]:
+    """(where, {field: type}, the object holding them) for the fields readers rely on."""
+    checks = [("manifest", _FIELDS, manifest)]
+    if isinstance(manifest.get("dataset"), dict):
+        checks.append(("dataset", _DATASET_FIELDS, manifest["dataset"]))
+    if manifest.get("format") == "wds":
+        checks.append(("manifest", _WDS_FIELDS, manifest))
+    return checks
 
 
 def keypoint_stats(counts: np.ndarray) -> dict:
