@@ -46,7 +46,7 @@ class PretrainSamples(Dataset):
     def usable_indices(self) -> np.ndarray:
         """Indices to train on: all of them, minus the samples the cache recorded as bad."""
         if self.cache is not None and hasattr(self.cache, "ok"):
-            return np.flatnonzero(np.asarray(self.cache.ok(), dtype=bool))
+            return np.flatnonzero(np.asarray(self.cache.ok, dtype=bool))
         return np.arange(len(self.dataset))
 
     def __getitem__(self, key: tuple[int, int]) -> dict[str, torch.Tensor]:

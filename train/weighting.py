@@ -1,7 +1,7 @@
 """Keypoint weighting, bit-compatible with the original (reference/original-kamim.md sections 1.3-1.5).
 
-ring map [B,H,W] -> density d = mean over w_ps x w_ps patches -> w = exp((d - min_image d) / T)
-(the original's exp(clip(d/T)) / min, which it equals because d/T <= 10) -> block-replicated to pixels.
+ring map [B,H,W] -> density d = mean over w_ps x w_ps patches -> w = exp(clip(d/T)) / min_image(...)
+(= exp((d - min_image d) / T) because d/T <= 20 for T >= 0.05) -> block-replicated to pixels.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 WEIGHT_PATCH_SIZES = (8, 16, 32)
+EXP_CLIP = 20.0  # the original clips the exponent; inactive for d <= 1 and T >= 0.05
 LOSS_EPS = 1e-5  # added to the masked-pixel count, as in HF's masked_im_loss and the original
 
 
@@ -21,13 +22,15 @@ def patch_density(maps: torch.Tensor, w_ps: int) -> torch.Tensor:
 
 
 def patch_weights(density: torch.Tensor, temperature: float) -> torch.Tensor:
-    """exp((d - min over the image's patches) / T): the smallest weight of every image is exactly 1.
+    """exp(clip(d/T, -20, 20)) / min over the image's patches, in the original's operation order (so the
+    numbers are bit-identical); equal to exp((d - min d)/T) for the allowed T. Minimum weight: exactly 1.
 
     T = inf gives all ones (SimMIM)."""
     if math.isinf(temperature):
         return torch.ones_like(density)
-    low = density.flatten(1).amin(dim=1).view(-1, *([1] * (density.dim() - 1)))
-    return torch.exp((density - low) / temperature)
+    weights = torch.exp(torch.clamp(density / temperature, -EXP_CLIP, EXP_CLIP))
+    low = weights.flatten(1).amin(dim=1).view(-1, *([1] * (density.dim() - 1)))
+    return weights / low
 
 
 def pixel_weights(weights: torch.Tensor, w_ps: int) -> torch.Tensor:
