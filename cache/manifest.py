@@ -24,10 +24,16 @@ STATUS_NAMES = {STATUS_OK: "ok", STATUS_BAD: "bad"}
 def atomic_write(path: Path, data: bytes) -> None:
     """Write via a temp file + rename, so a reader (or a resumed build) never sees half a file."""
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except BaseException as error:  # disk full or interrupted: leave no partial temp behind
+        tmp.unlink(missing_ok=True)
+        if isinstance(error, OSError) and error.filename is None:
+            error.filename = os.fspath(path)  # name the file in the one-line message
+        raise
     os.replace(tmp, path)
 
 
