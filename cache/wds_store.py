@@ -49,12 +49,16 @@ def write_shard(path: Path, samples: list[dict]) -> None:
     from webdataset import TarWriter  # imports torch: only when a wds cache is written or read
 
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as handle:
-        with TarWriter(handle, encoder=False, mtime=0, user="kamim", group="kamim", mode=0o444) as writer:
-            for sample in samples:
-                writer.write(sample)
-        handle.flush()
-        os.fsync(handle.fileno())
+    try:
+        with open(tmp, "wb") as handle:
+            with TarWriter(handle, encoder=False, mtime=0, user="kamim", group="kamim", mode=0o444) as writer:
+                for sample in samples:
+                    writer.write(sample)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except BaseException:  # disk full or interrupted: leave no partial temp behind
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)
 
 
