@@ -63,7 +63,12 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
+    try:
+        torch.save(obj, tmp)
+    except (OSError, RuntimeError) as error:  # torch reports a failed write (disk full) as RuntimeError
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"could not write {path} ({str(error).splitlines()[0]}); free disk space and resume "
+                        f"(--resume): the previous checkpoint is intact") from None
     os.replace(tmp, path)
     return path
 
