@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import importlib
+import os
 
 import click
 
@@ -31,6 +33,18 @@ class LazyGroup(click.Group):
         target, _ = COMMANDS[name]
         module_name, attr = target.split(":")
         return getattr(importlib.import_module(module_name), attr)
+
+    def invoke(self, ctx: click.Context):  # noqa: ANN201
+        try:
+            return super().invoke(ctx)
+        except OSError as error:  # a full disk (or file-size/quota limit) is the user's to fix: one line
+            if error.errno not in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+                raise
+            from kamim.errors import UserError
+
+            where = f" {error.filename}" if error.filename else ""
+            raise UserError(f"cannot write{where}: {os.strerror(error.errno)}; free disk space and rerun the same "
+                            f"command (finished work is kept)") from None
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         rows = [(name, COMMANDS[name][1]) for name in self.list_commands(ctx)]
