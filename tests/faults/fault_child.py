@@ -88,7 +88,8 @@ def install_crash(point: str, pattern: str = "*", nth: int = 1) -> None:
         setattr(module, name, call)
 
 
-def _child(point: str, pattern: str, nth: int, fn: Callable, args: tuple, limits: dict | None) -> None:
+def _child(point: str, pattern: str, nth: int, fn: Callable, args: tuple, limits: dict | None,
+           report: str | None) -> None:
     if limits:
         import resource
 
@@ -96,16 +97,26 @@ def _child(point: str, pattern: str, nth: int, fn: Callable, args: tuple, limits
         for name, value in limits.items():
             resource.setrlimit(getattr(resource, name), (value, value))
     install_crash(point, pattern, nth)
-    fn(*args)
+    try:
+        fn(*args)
+    except Exception as error:  # what the user would see: the UserError line, or the exception's type
+        if report:
+            from kamim.errors import UserError
+
+            text = f"Error: {error.format_message()}" if isinstance(error, UserError) else repr(error)
+            with open(report, "w") as handle:
+                handle.write(text)
+        os._exit(2 if type(error).__name__ == "UserError" else 1)
 
 
 def run_child(fn: Callable, *args, point: str = "never", pattern: str = "*", nth: int = 1,
-              limits: dict | None = None, timeout: float = 300) -> int:
+              limits: dict | None = None, report: str | None = None, timeout: float = 300) -> int:
     """Run ``fn(*args)`` in a forkserver child with the crash installed; returns its exit code
-    (-9 when it killed itself, 0 when it finished, 1 on an exception)."""
+    (-9 when it killed itself, 0 when it finished, 2 on a UserError, 1 on another exception; ``report``
+    gets the error's one line)."""
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(PRELOAD)
-    process = ctx.Process(target=_child, args=(point, pattern, nth, fn, args, limits))
+    process = ctx.Process(target=_child, args=(point, pattern, nth, fn, args, limits, report))
     process.start()
     process.join(timeout)
     if process.is_alive():
