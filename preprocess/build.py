@@ -140,8 +140,9 @@ def detect_canonical(image: np.ndarray, detector: str, gray: str, detect_size: i
 
 def process_block(job: dict, index: int) -> tuple[int, int]:
     """Detect keypoints for one block's images and write its block file (and wds shard). -> (block, n)."""
-    if job["single_thread"]:
-        cv2.setNumThreads(1)  # one image per process at a time; OpenCV's own threads only oversubscribe
+    # One core per worker: OpenCV's own thread pool (SIFT's pyramid) only oversubscribes the cores the
+    # workers already use, and --workers 1 then really means one core.
+    cv2.setNumThreads(1)
     dataset = _open_dataset(job["dataset"], job["split"], job["data_root"])
     start = index * job["block_size"]
     end = min(start + job["block_size"], len(dataset))
@@ -224,7 +225,7 @@ def build_cache(cfg: CacheConfig) -> Path:
         "dataset": cfg.dataset, "split": cfg.split, "data_root": cfg.data_root, "detector": cfg.detector,
         "gray": cfg.gray, "detect_size": cfg.detect_size, "steps": identity["subpixel_steps"],
         "format": cfg.format, "store_size": cfg.store_size, "block_size": cfg.block_size,
-        "out": os.fspath(out), "single_thread": cfg.workers > 1,
+        "out": os.fspath(out),
     }  # fmt: skip
     workers = max(1, min(cfg.workers, len(todo)))
     started = time.perf_counter()
