@@ -20,6 +20,7 @@ from torch.utils.data import Dataset, Sampler
 from kamim.datasets import BadSampleError, ImageDataset
 
 from .augment import crop_image, crop_points, sample_crop, sample_seed, seeded
+from .distributed import rank_share
 from .masking import random_mask
 
 MODES = ("simmim", "cached", "online")
@@ -84,11 +85,11 @@ def online_ring_map(crop: torch.Tensor, detector: str, gray: str = "bgr") -> np.
 
 
 def epoch_order(indices: np.ndarray, seed: int, epoch: int, rank: int = 0, world: int = 1) -> np.ndarray:
-    """This rank's share of epoch ``epoch``'s shuffled order (equal length on every rank)."""
+    """This rank's share of epoch ``epoch``'s shuffled order (equal length on every rank; strided, so
+    N ranks see exactly the batches of one process with an N times larger batch)."""
     generator = torch.Generator().manual_seed(sample_seed(seed, epoch, ORDER_KEY))
     order = np.asarray(indices)[torch.randperm(len(indices), generator=generator).numpy()]
-    per_rank = len(order) // world
-    return order[rank * per_rank:(rank + 1) * per_rank]
+    return order[rank_share(len(order), rank, world)]
 
 
 class EpochBatches(Sampler):

@@ -21,10 +21,12 @@ from kamim.paths import runs_root
 from .checkpoint import export_model, latest_checkpoint, load_checkpoint, save_checkpoint
 from .data import EpochBatches, PretrainSamples, collate
 from .device import Device, resolve_device, to_host
+from .distributed import broadcast_object, main_first, mean_across_ranks
 from .engine import LossSpec, train_steps
 from .models import MODELS, build_model
 from .observe import MetricsLog, save_grid
 from .setup import open_training_cache, parse_overrides, resume_mismatches
+from .wds_stream import wds_batches_per_epoch, wds_loader
 from .weighting import WEIGHT_PATCH_SIZES
 
 IMG_SIZE = 192
@@ -134,7 +136,8 @@ def run_pretrain(cfg: PretrainConfig) -> Path:
     validate(cfg)
     build_model(cfg.model, IMG_SIZE, **cfg.overrides)  # bad overrides fail before any work
     device = resolve_device(cfg.device, cfg.precision)
-    run_dir = Path(cfg.out) if cfg.out else default_run_dir(cfg)
+    # ranks may name a default run dir a second apart: rank 0's name wins
+    run_dir = broadcast_object(Path(cfg.out) if cfg.out else default_run_dir(cfg), device)
     checkpoint = None
     if latest_checkpoint(run_dir) is not None and not cfg.resume:
         raise UserError(f"{run_dir} already holds checkpoints; pass --resume to continue it or a new --out")
@@ -155,13 +158,16 @@ def run_pretrain(cfg: PretrainConfig) -> Path:
 
     dataset = open_dataset(cfg.dataset, cfg.split, cfg.data_root)
     mode = "simmim" if cfg.method == "simmim" else cfg.keypoints
-    cache = open_training_cache(cfg, dataset, log) if mode == "cached" else None
+    with main_first(device):  # rank 0 builds a missing cache; the others then open it
+        cache = open_training_cache(cfg, dataset, log) if mode == "cached" else None
+    streamed = cache is not None and cache.manifest["format"] == "wds"
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, IMG_SIZE, **cfg.overrides).to(device.device)
     samples = PretrainSamples(dataset, mode, model.patch_size, cfg.seed, cache, cfg.detector, cfg.gray, IMG_SIZE)
     indices = samples.usable_indices()
     try:
-        batches_per_epoch = EpochBatches(indices, cfg.batch_size, cfg.seed, 0, device.rank, device.world).batches_per_epoch
+        batches_per_epoch = (wds_batches_per_epoch(len(cache), cfg.batch_size, device.world) if streamed else
+                             EpochBatches(indices, cfg.batch_size, cfg.seed, 0, device.rank, device.world).batches_per_epoch)
     except ValueError as error:
         raise UserError(f"--batch-size {cfg.batch_size}: {error}") from None
     total, warmup, cosine = schedule_lengths(cfg, batches_per_epoch)
@@ -191,14 +197,18 @@ def run_pretrain(cfg: PretrainConfig) -> Path:
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.json")
 
-    loader = torch.utils.data.DataLoader(
-        samples, batch_sampler=EpochBatches(indices, cfg.batch_size, cfg.seed, start * cfg.accumulation,
-                                            device.rank, device.world),
-        num_workers=cfg.workers, collate_fn=collate, pin_memory=device.kind == "cuda",
-        # zarr must not be touched before a fork (reference/anchors.md B.3): cached mode starts workers
-        # from a clean forkserver process instead.
-        multiprocessing_context=("forkserver" if cache is not None else None) if cfg.workers else None,
-    )
+    if streamed:  # shards resampled per rank and worker: every rank always has data (train/wds_stream.py)
+        loader = wds_loader(cache, mode, model.patch_size, cfg.seed, cfg.batch_size, device.rank, cfg.workers,
+                            start * cfg.accumulation, cfg.detector, cfg.gray, pin_memory=device.kind == "cuda")
+    else:
+        loader = torch.utils.data.DataLoader(
+            samples, batch_sampler=EpochBatches(indices, cfg.batch_size, cfg.seed, start * cfg.accumulation,
+                                                device.rank, device.world),
+            num_workers=cfg.workers, collate_fn=collate, pin_memory=device.kind == "cuda",
+            # zarr must not be touched before a fork (reference/anchors.md B.3): cached mode starts workers
+            # from a clean forkserver process instead.
+            multiprocessing_context=("forkserver" if cache is not None else None) if cfg.workers else None,
+        )
     info = {"model": cfg.model, "overrides": cfg.overrides, "img_size": IMG_SIZE, "method": cfg.method,
             "keypoints": cfg.keypoints, "detector": cfg.detector if cfg.method == "kamim" else None,
             "detect_size": cfg.detect_size, "gray": cfg.gray, "weight_ps": cfg.weight_ps,
@@ -239,10 +249,11 @@ def run_steps(train_model, model, optimizer, scheduler, scaler, batches, device:
     for result in train_steps(train_model, optimizer, scheduler, scaler, batches, device, spec, start, stop,
                               cfg.accumulation, cfg.clip_grad):
         step = result.step
-        if metrics is not None and (step % cfg.log_every == 0 or step == stop):
-            loss = float(result.loss)
+        if step % cfg.log_every == 0 or step == stop:  # on every rank: the mean is a collective
+            loss = float(mean_across_ranks(result.loss, device))
             if not math.isfinite(loss):
                 raise UserError(f"loss became {loss} at step {step}; lower --lr or use --precision fp32")
+        if metrics is not None and (step % cfg.log_every == 0 or step == stop):
             epoch = step * cfg.accumulation / batches_per_epoch
             record = {"step": step, "epoch": round(epoch, 4), "loss": loss, "lr": result.lr,
                       "grad_norm": float(result.grad_norm), "img_s": result.images / result.seconds,

@@ -55,9 +55,6 @@ def open_training_cache(cfg: Any, dataset: Any, log: Callable[..., None]) -> Any
                                        out=str(path)))
     cache = open_cache(path)
     manifest = cache.manifest
-    if manifest["format"] != "zarr":
-        raise UserError(f"--cache {path} is a {manifest['format']} cache; the trainer reads zarr caches "
-                        f"(kamim cache --format zarr)")
     for key in ("detector", "detect_size", "gray"):
         wanted = getattr(cfg, key)
         if manifest[key] != wanted:
