@@ -94,6 +94,7 @@ def run_finetune(config: FinetuneConfig) -> dict:
     train_ds = open_dataset(config.dataset, "train", config.data_root)
     val_ds = open_dataset(config.dataset, "val", config.data_root)
     out_dir = Path(config.out) if config.out else default_out_dir(checkpoint, "finetune")
+    config = dataclasses.replace(config, out=str(out_dir))
     print(format_config(config), flush=True)
     save_config(config, out_dir / "finetune_config.json")
     device = resolve_device(config.device, config.precision)

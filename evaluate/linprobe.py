@@ -127,6 +127,19 @@ def cached_features(encoder, dataset, config: LinprobeConfig, img_size: int, dev
 def train_head_on_features(head: ProbeHead, train: tuple, val: tuple, config: LinprobeConfig,
                            device: torch.device) -> dict:
     """AdamW + warmup/cosine on cached features; returns the final and best val metrics."""
+    if device.type != "cpu":
+        return _train_head(head, train, val, config, device)
+    # A linear head's matmuls are too small to gain from threads; on a busy 2-core box the thread
+    # hand-offs made 100 epochs take 44.6 s instead of 1.7 s single-threaded.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _train_head(head, train, val, config, device)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_head(head: ProbeHead, train: tuple, val: tuple, config: LinprobeConfig, device: torch.device) -> dict:
     (x, y), (xv, yv) = (t.to(device) for t in train), (t.to(device) for t in val)
     head.to(device)
     optimizer = torch.optim.AdamW(head.parameters(), lr=config.lr, weight_decay=config.weight_decay)
@@ -219,6 +232,7 @@ def run_linprobe(config: LinprobeConfig) -> dict:
     if train_ds.classes != val_ds.classes:
         raise UserError(f"{config.dataset}: train and val have different classes; fix the val folder")
     out_dir = Path(config.out) if config.out else default_out_dir(checkpoint, "linprobe")
+    config = dataclasses.replace(config, out=str(out_dir))
     print(format_config(config), flush=True)
     save_config(config, out_dir / "linprobe_config.json")
     torch.manual_seed(config.seed)

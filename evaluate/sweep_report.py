@@ -91,7 +91,7 @@ def write_heatmaps(out: Path, rows: list[dict[str, Any]], detectors: list[str], 
         for row in rows:
             if row["detector"] == detector and row["weight_ps"] in weight_ps and row["temperature"] in temperatures:
                 grid[weight_ps.index(row["weight_ps"]), temperatures.index(row["temperature"])] = row["top1"]
-        fig, ax = plt.subplots(figsize=(1.3 * len(temperatures) + 2.5, 0.9 * len(weight_ps) + 1.8))
+        fig, ax = plt.subplots(figsize=(max(5.0, 1.3 * len(temperatures) + 2.5), 0.9 * len(weight_ps) + 2.0))
         image = ax.imshow(grid, cmap="viridis", aspect="auto")
         fig.colorbar(image, ax=ax, label="top-1 (%)")
         for (i, j), value in np.ndenumerate(grid):
@@ -103,7 +103,7 @@ def write_heatmaps(out: Path, rows: list[dict[str, Any]], detectors: list[str], 
         ax.set_xlabel("temperature T")
         ax.set_ylabel("weight patch size w_ps")
         baseline = f"SimMIM baseline {base:.1f}%" if base is not None else "no SimMIM baseline"
-        ax.set_title(f"KAMIM {detector.upper()}: linear-probe top-1 ({baseline})", fontsize=10)
+        ax.set_title(f"KAMIM {detector.upper()}: linear-probe top-1 (%)\n{baseline}", fontsize=10)
         fig.tight_layout()
         path = out / f"heatmap-{detector}.png"
         fig.savefig(path, dpi=110)
