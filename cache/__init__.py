@@ -5,11 +5,12 @@ from __future__ import annotations
 import os
 
 
-def open_cache(path: str | os.PathLike):
+def open_cache(path: str | os.PathLike, **reader_options):
     """Open a complete cache by reading its manifest only (fork-safe: zarr opens lazily per process).
 
     Returns a ``ZarrCache`` (random access: ``points(i)`` in source-image pixels) or a ``WdsCache``
     (a stream of (image, points in that image's pixels, label)). UserError if incomplete or unknown.
+    ``reader_options`` go to ``ZarrCache`` (``preload_bytes``: hold smaller points arrays in RAM).
     """
     from kamim.cache.manifest import read_manifest
 
@@ -17,7 +18,7 @@ def open_cache(path: str | os.PathLike):
     if manifest["format"] == "zarr":
         from kamim.cache.zarr_store import ZarrCache
 
-        return ZarrCache(path, manifest)
+        return ZarrCache(path, manifest, **reader_options)
     from kamim.cache.wds_store import WdsCache
 
     return WdsCache(path, manifest)

@@ -20,24 +20,24 @@ from kamim.cache.parts import Block
 from kamim.cache.points import POINT_DTYPE, decode_points
 from kamim.preprocess.resize import to_source
 
-POINT_CHUNK = 16_384  # rows per inner chunk: one column each, so x and y deltas compress separately
+POINT_CHUNK = 16_384  # rows per inner chunk (64 KiB raw): most images' points lie in one chunk
 POINT_SHARD = POINT_CHUNK * 256  # rows per shard file (16 MiB raw)
+PRELOAD_BYTES = 256 * 2**20  # readers hold the points in RAM below this raw size (random access in us)
 IMAGE_CHUNK = 65_536
 IMAGE_SHARD = IMAGE_CHUNK * 16
 
 
-def _compressor(typesize: int) -> BloscCodec:
-    return BloscCodec(cname="zstd", clevel=5, shuffle="shuffle", typesize=typesize)
-
-
 def _create(group: zarr.Group, name: str, shape: tuple, dtype, chunks: tuple, shards: tuple) -> zarr.Array:
+    # Byte shuffle over whole rows: for points (typesize 4 = one (dx, dy) pair) this separates the low
+    # and high bytes of dx and dy, as good as one column per chunk, with one chunk read per image.
+    typesize = np.dtype(dtype).itemsize * (shape[1] if len(shape) > 1 else 1)
     return group.create_array(
         name=name,
         shape=shape,
         dtype=dtype,
         chunks=chunks,
         shards=shards,
-        compressors=[_compressor(np.dtype(dtype).itemsize)],
+        compressors=[BloscCodec(cname="zstd", clevel=5, shuffle="shuffle", typesize=typesize)],
         fill_value=0,
         overwrite=True,
     )
@@ -46,7 +46,7 @@ def _create(group: zarr.Group, name: str, shape: tuple, dtype, chunks: tuple, sh
 def write_zarr(out: Path, blocks: Iterable[Block], num_images: int, num_points: int) -> None:
     """Assemble block files (in index order) into the group at ``out``; points stream shard by shard."""
     group = zarr.open_group(out, mode="a", zarr_format=3)
-    points = _create(group, "points", (num_points, 2), POINT_DTYPE, (POINT_CHUNK, 1), (POINT_SHARD, 2))
+    points = _create(group, "points", (num_points, 2), POINT_DTYPE, (POINT_CHUNK, 2), (POINT_SHARD, 2))
     counts, scales, statuses = [], [], []
     pending: list[np.ndarray] = []
     pending_rows = written = 0
@@ -82,10 +82,13 @@ def write_zarr(out: Path, blocks: Iterable[Block], num_images: int, num_points: 
 class ZarrCache:
     """Random access to a zarr keypoint cache: ``points(i)`` in source-image pixel coordinates."""
 
-    def __init__(self, path: str | os.PathLike, manifest: dict | None = None) -> None:
+    def __init__(
+        self, path: str | os.PathLike, manifest: dict | None = None, preload_bytes: int = PRELOAD_BYTES
+    ) -> None:
         self.path = Path(path)
         self.manifest = manifest if manifest is not None else read_manifest(self.path)
         self.steps = int(self.manifest["subpixel_steps"])
+        self.preload_bytes = preload_bytes  # per process; 0 = always read through zarr
         self._pid: int | None = None
 
     def __len__(self) -> int:
@@ -93,7 +96,8 @@ class ZarrCache:
 
     def __getstate__(self) -> dict:
         # Sent to spawned workers: the manifest only, never open zarr handles.
-        return {"path": self.path, "manifest": self.manifest, "steps": self.steps, "_pid": None}
+        state = {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
+        return {**state, "_pid": None}
 
     def _open(self) -> None:
         if self._pid == os.getpid():
@@ -102,7 +106,9 @@ class ZarrCache:
         self._offsets = np.asarray(group["offsets"][:])
         self._scale = np.asarray(group["scale"][:])
         self._status = np.asarray(group["status"][:])
-        self._points = group["points"]
+        points = group["points"]
+        # Small caches live in RAM (a zarr read costs ~1 ms); large ones are read per image.
+        self._points = points[:] if points.nbytes <= self.preload_bytes else points
         self._pid = os.getpid()
 
     def _check_index(self, index: int) -> int:

@@ -10,6 +10,7 @@ from webdataset import TarWriter
 from kamim.cache import open_cache
 from kamim.cache.wds_store import encode_sample, iter_wds
 from kamim.datasets import open_dataset
+from kamim.errors import UserError
 from kamim.preprocess.build import CacheConfig, build_cache
 from kamim.preprocess.resize import canonical_resize, from_source
 
@@ -83,6 +84,6 @@ def test_reader_decodes_known_keys_only_and_never_unpickles(tmp_path):
     sample["kp.npy"] = evil.getvalue()
     with open(shard, "wb") as handle, TarWriter(handle, encoder=False) as writer:
         writer.write(sample)
-    with pytest.raises(ValueError):
+    with pytest.raises(UserError, match="unreadable keypoints"):
         list(iter_wds([shard]))
     assert not tripwire.exists()

@@ -102,7 +102,7 @@ def _points_in_child(index):
 
 def test_reader_opens_lazily_and_reopens_after_fork(built):
     global _READER
-    _READER = open_cache(built[2]["sift"])
+    _READER = open_cache(built[2]["sift"], preload_bytes=0)  # read through zarr in every process
     assert _READER._pid is None  # only the manifest was read
     indices = [i for i in range(len(_READER)) if _READER.is_ok(i)][:4]
     expected = [_READER.points(i) for i in indices]  # zarr's I/O thread now runs in the parent
@@ -112,6 +112,8 @@ def test_reader_opens_lazily_and_reopens_after_fork(built):
     for (own_handles, points), want in zip(results, expected, strict=True):
         assert own_handles
         assert np.array_equal(points, want)
+    in_ram = open_cache(built[2]["sift"])
+    assert all(np.array_equal(in_ram.points(i), want) for i, want in zip(indices, expected, strict=True))
     clone = pickle.loads(pickle.dumps(_READER))  # for spawned workers: no zarr handles travel
     assert clone._pid is None and np.array_equal(clone.points(indices[0]), expected[0])
 
