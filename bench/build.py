@@ -138,14 +138,18 @@ def run(cfg: BuildBenchConfig) -> dict:
     return payload
 
 
+def config(quick: bool = False) -> BuildBenchConfig:
+    cfg = BuildBenchConfig(quick=quick)
+    if quick:
+        cfg.sources, cfg.repetitions = ("large",), 1
+    return cfg
+
+
 @click.command()
 @click.option("--quick", is_flag=True, help="One repetition on the large photos: checks the benchmark works.")
 def main(quick: bool) -> None:
     """Cache build images/s per detector vs decode+resize, 1 vs 2 workers; bytes per image."""
-    cfg = BuildBenchConfig(quick=quick)
-    if quick:
-        cfg.sources, cfg.repetitions = ("large",), 1
-    run(cfg)
+    run(config(quick))
 
 
 if __name__ == "__main__":

@@ -65,14 +65,18 @@ def run(cfg: LoaderBenchConfig) -> dict:
     return payload
 
 
+def config(quick: bool = False) -> LoaderBenchConfig:
+    cfg = LoaderBenchConfig(quick=quick)
+    if quick:
+        cfg.batches, cfg.skip, cfg.repetitions, cfg.batch_size = 3, 1, 2, 16
+    return cfg
+
+
 @click.command()
 @click.option("--quick", is_flag=True, help="Small sizes: checks the benchmark works (numbers are noisy).")
 def main(quick: bool) -> None:
     """Loader images/s: simmim vs kamim-cached (zarr, wds) vs kamim-online, FAST and SIFT."""
-    cfg = LoaderBenchConfig(quick=quick)
-    if quick:
-        cfg.batches, cfg.skip, cfg.repetitions, cfg.batch_size = 3, 1, 2, 16
-    run(cfg)
+    run(config(quick))
 
 
 if __name__ == "__main__":

@@ -118,14 +118,18 @@ def run(cfg: StepBenchConfig) -> dict:
     return payload
 
 
+def config(quick: bool = False) -> StepBenchConfig:
+    cfg = StepBenchConfig(quick=quick)
+    if quick:
+        cfg.steps, cfg.warmup_steps, cfg.repetitions, cfg.weighting_calls = 2, 1, 2, 5
+    return cfg
+
+
 @click.command()
 @click.option("--quick", is_flag=True, help="Few repetitions: checks the benchmark works (noisy).")
 def main(quick: bool) -> None:
     """Train-step time kamim-cached vs simmim (vit_t, CPU), and the weighting cost alone."""
-    cfg = StepBenchConfig(quick=quick)
-    if quick:
-        cfg.steps, cfg.warmup_steps, cfg.repetitions, cfg.weighting_calls = 2, 1, 2, 5
-    run(cfg)
+    run(config(quick))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,179 @@
+"""Regenerate the README "Performance" section (between `<!-- bench:start -->` and `<!-- bench:end -->`)
+and bench/results/performance.png from bench/results/*.json. Without the markers, prints the section.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from .common import REPO, results_dir
+
+START, END = "<!-- bench:start -->", "<!-- bench:end -->"
+ORDER = ("loader", "step", "build", "fidelity", "wds_vs_folder", "gpu")
+
+
+def load(folder: Path) -> dict[str, dict]:
+    found = {p.stem: json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))}
+    return {name: found[name] for name in ORDER if name in found}
+
+
+def _num(value: float, digits: int = 1) -> str:
+    return f"{value:,.{digits}f}"
+
+
+def machine_line(record: dict) -> str:
+    m = record["machine"]
+    gpu = f", {m['gpu']}" if m.get("gpu") else ""
+    return (f"{m['cores']} cores ({m['cpu_model']}{gpu}), torch {m['torch']}, OpenCV {m['opencv']}, "
+            f"load {m.get('load_average')}, {m['date']}")
+
+
+def targets_table(records: dict[str, dict]) -> list[str]:
+    lines = ["| measure | value | target | |", "|---|---:|---:|---|"]
+    for record in records.values():
+        for r in record.get("ratios", []):
+            target = f"{r['op']} {r['target']}" if r["target"] is not None else ""
+            verdict = "" if r["met"] is None else ("met" if r["met"] else "**not met**")
+            note = f" ({r['note']})" if r.get("note") else ""
+            lines.append(f"| {r['name']}{note} | {r['value']:.3f} | {target} | {verdict} |")
+    return lines
+
+
+def detail_tables(records: dict[str, dict]) -> list[str]:
+    out: list[str] = []
+    if "loader" in records:
+        rec = records["loader"]
+        out += ["", f"Loader images/s (192 px, batch {rec['config']['batch_size']}, {rec['workers']} workers, "
+                "median):", "", "| variant | " + " | ".join(rec["results"]) + " |",
+                "|---|" + "---:|" * len(rec["results"])]
+        names = next(iter(rec["results"].values()))["images_per_s"]
+        for name in names:
+            out.append(f"| {name} | " + " | ".join(_num(r["images_per_s"][name]["median"])
+                                                  for r in rec["results"].values()) + " |")
+    if "step" in records:
+        rec = records["step"]
+        c = rec["config"]
+        out += ["", f"Train step, {c['model']} batch {c['batch_size']} on {rec['device']} ({rec['precision']}), "
+                f"{c['detector'].upper()} points per crop median {rec['points_per_crop']['median']:.0f}: simmim "
+                f"{rec['step_seconds']['simmim']['median'] * 1e3:.0f} ms, kamim-cached "
+                f"{rec['step_seconds']['kamim']['median'] * 1e3:.0f} ms; the weighting alone (ring maps + "
+                f"densities + weights for the batch) {rec['weighting_ms']:.1f} ms."]
+    if "build" in records:
+        for tag, r in records["build"]["results"].items():
+            out += ["", f"Cache build on {tag} ({r['images']} images; decode+resize alone "
+                    + ", ".join(f"{_num(v)} img/s with {w} worker(s)" for w, v in r["decode_resize_images_per_s"].items())
+                    + "):", "", "| detector | img/s, 1 worker | img/s, 2 workers | zarr bytes/image | keypoints/image |",
+                    "|---|---:|---:|---:|---:|"]
+            for d, v in r["detectors"].items():
+                size = r["bytes"].get(f"zarr-{d}", {})
+                out.append(f"| {d} | {_num(v['images_per_s_1_worker'])} | {_num(v['images_per_s_2_workers'])} | "
+                           f"{size.get('bytes_per_image', '')} | {size.get('keypoints_per_image_median', '')} |")
+            wds = {k: v for k, v in r["bytes"].items() if k.startswith("wds")}
+            out.append("")
+            out.append(f"Source JPEG {r['bytes']['source_image_bytes']:,} bytes/image; "
+                       + ", ".join(f"{k} {v['bytes_per_image']:,} bytes/image" for k, v in wds.items()) + ".")
+    if "fidelity" in records:
+        out += ["", "Fidelity (median Pearson correlation of per-patch densities over random crops of held-out "
+                "photos):", "", "| set | detector | w_ps | cached vs online | online vs shifted (floor) |",
+                "|---|---|---:|---:|---:|"]
+        for tag, per in records["fidelity"]["results"].items():
+            for d, v in per.items():
+                if not isinstance(v, dict):
+                    continue
+                for key, f in v.items():
+                    if key.startswith("w_ps"):
+                        out.append(f"| {tag} | {d} | {key[4:]} | {f['cached_vs_online_median']:.3f} | "
+                                   f"{f['floor_online_vs_shifted_median']:.3f} |")
+    if "wds_vs_folder" in records:
+        r = records["wds_vs_folder"]["images_per_s"]
+        out += ["", "Large photos, kamim-cached loader: " + ", ".join(f"{k} {_num(v['median'])} img/s"
+                                                                     for k, v in r.items()) + "."]
+    if "gpu" in records:
+        g = records["gpu"]
+        out += ["", f"GPU ({g['machine'].get('gpu', g.get('device'))}): {g['model']} {g['precision']} batch "
+                f"{g['batch_size']}: " + ", ".join(f"{m} {_num(v['images_per_s'])} img/s (MFU {v['mfu'] * 100:.1f}%)"
+                                                   for m, v in g["step"].items() if v.get("mfu") is not None)
+                + "; loader on large photos with " + f"{g['loader']['workers']} workers: "
+                + ", ".join(f"{k} {_num(v)} img/s" for k, v in g["loader"]["images_per_s"].items()) + "."]
+    return out
+
+
+def section(records: dict[str, dict], chart: Path | None) -> str:
+    if not records:
+        return "No benchmark results yet: run `make bench`."
+    first = next(iter(records.values()))
+    quick = any(r.get("quick") for r in records.values())
+    lines = ["## Performance", "",
+             "Measured by `make bench` (CPU; `make bench-gpu` on a GPU). Each ratio compares variants run "
+             "side by side in the same process (interleaved repetitions, median of paired ratios), so a "
+             "busy machine slows both sides alike; absolute figures are for context.",
+             "", f"Machine: {machine_line(first)}." + (" **Quick mode: small, noisy samples.**" if quick else ""),
+             "", *targets_table(records), *detail_tables(records)]
+    if chart is not None:
+        lines += ["", f"![benchmark ratios]({chart.relative_to(REPO).as_posix()})"]
+    return "\n".join(lines)
+
+
+def chart(records: dict[str, dict], path: Path) -> Path | None:
+    """Horizontal bars: each ratio with a target, the target as a tick; green met, red not met."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for rec in records.values() for r in rec.get("ratios", []) if r["target"] is not None]
+    if not rows:
+        return None
+    fig, ax = plt.subplots(figsize=(9, 0.35 * len(rows) + 1.2))
+    y = range(len(rows))
+    ax.barh(list(y), [r["value"] for r in rows], color=["#3a3" if r["met"] else "#c33" for r in rows])
+    ax.scatter([r["target"] for r in rows], list(y), marker="|", s=300, color="k", label="target", zorder=3)
+    ax.set_yticks(list(y), [r["name"] for r in rows], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.set_xlabel("ratio (log scale); green = target met")
+    ax.legend(loc="lower right", fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_readme(text: str, readme: Path) -> bool:
+    """Replace only what lies between the markers; False (and nothing written) if they are absent."""
+    if not readme.is_file():
+        return False
+    content = readme.read_text()
+    if START not in content or END not in content or content.index(START) > content.index(END):
+        return False
+    head, rest = content.split(START, 1)
+    _, tail = rest.split(END, 1)
+    readme.write_text(f"{head}{START}\n{text}\n{END}{tail}")
+    return True
+
+
+def run(quick: bool = False, readme: Path = REPO / "README.md") -> str:
+    folder = results_dir(quick)
+    records = load(folder)
+    path = chart(records, folder / "performance.png")
+    text = section(records, path)
+    if quick or not write_readme(text, readme):
+        print(text)  # quick results never go into the README
+    else:
+        print(f"updated the Performance section of {readme}")
+    return text
+
+
+@click.command()
+@click.option("--quick", is_flag=True, help="Report the quick-mode results (printed, README untouched).")
+def main(quick: bool) -> None:
+    """Regenerate the README Performance section and bench/results/performance.png."""
+    run(quick)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""`make bench`: every CPU benchmark in turn (loader, step, build, fidelity, wds vs folder), each printing
+its ratio lines as it finishes, then the README Performance section and the chart.
+
+    python -m bench.run_all            # full run (the lead runs it on a quiet machine)
+    python -m bench.run_all --quick    # small sizes, a few minutes: checks that everything works
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+import traceback
+
+import click
+
+from .common import ratio_line
+from .large_photos import ensure_large_photos
+
+BENCHMARKS = ("loader", "step", "build", "fidelity", "wds_vs_folder")
+
+
+@click.command()
+@click.option("--quick", is_flag=True, help="Small sizes (a few minutes); results go to bench/results/quick/.")
+@click.option("--only", multiple=True, type=click.Choice(BENCHMARKS), help="Run only these (repeatable).")
+def main(quick: bool, only: tuple[str, ...]) -> None:
+    """Run the CPU benchmarks and regenerate the README Performance section."""
+    ensure_large_photos()
+    lines, failed = [], []
+    for name in only or BENCHMARKS:
+        began = time.perf_counter()
+        print(f"\n=== bench.{name}{' --quick' if quick else ''} ===", flush=True)
+        module = importlib.import_module(f"bench.{name}")
+        try:
+            payload = module.run(module.config(quick))
+        except Exception:  # one broken benchmark must not hide the others' figures
+            traceback.print_exc()
+            failed.append(name)
+            continue
+        lines += [ratio_line(r) for r in payload.get("ratios", [])] if isinstance(payload, dict) else []
+        print(f"=== bench.{name} done in {time.perf_counter() - began:.0f} s ===", flush=True)
+    print("\n=== report ===", flush=True)
+    from .report import run as report
+
+    report(quick)
+    print("\n=== all ratios ===\n" + "\n".join(lines), flush=True)
+    if failed:
+        raise SystemExit(f"benchmarks failed: {', '.join(failed)}")
+
+
+if __name__ == "__main__":
+    main()
