@@ -15,15 +15,19 @@ REPO = Path(__file__).resolve().parents[2]
 TINY = ["--override", "depth=1", "--override", "embed_dim=32", "--override", "num_heads=2"]
 
 
+def photo_crop(index: int, height: int = 120, width: int = 160) -> np.ndarray:
+    """A crop of one of scikit-image's photos (real texture for FAST), deterministic per index."""
+    source = (skdata.astronaut(), skdata.coffee(), skdata.chelsea(), skdata.rocket())[index % 4]
+    top, left = (index * 37) % (source.shape[0] - height), (index * 53) % (source.shape[1] - width)
+    return np.ascontiguousarray(source[top:top + height, left:left + width, :3])
+
+
 def make_photo_folder(root: Path, count: int = 8, split: str = "train") -> Path:
-    """``root/<split>/class{0,1}/img*.png``: crops of scikit-image's photos (real texture for FAST)."""
-    sources = (skdata.astronaut(), skdata.coffee(), skdata.chelsea(), skdata.rocket())
+    """``root/<split>/class{0,1}/img*.png`` of 120x160 photo crops."""
     for i in range(count):
-        source = sources[i % len(sources)]
-        top, left = (i * 37) % (source.shape[0] - 120), (i * 53) % (source.shape[1] - 160)
         folder = root / split / f"class{i % 2}"
         folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(np.ascontiguousarray(source[top:top + 120, left:left + 160, :3])).save(folder / f"img{i:03d}.png")
+        Image.fromarray(photo_crop(i)).save(folder / f"img{i:03d}.png")
     return root
 
 
