@@ -15,25 +15,26 @@ class ConvertConfig:
     checkpoint: str  # the original's checkpoint_final.pth (bare or {'model_state_dict': ...}) or .safetensors
     out: str  # FILE.safetensors; FILE.json is written beside it
     model: str = "vit_b"
-    num_heads: int | None = None  # only for non-standard widths; not recoverable from the weights
+    num_heads: int | None = None  # ViT of non-standard width only: not recoverable from its weights
 
 
 @click.command("convert")
 @click.argument("checkpoint", type=click.Path(dir_okay=False))
-@click.option("--model", type=click.Choice(["vit_t", "vit_s", "vit_b"]), default="vit_b", show_default=True)
+@click.option("--model", type=click.Choice(["vit_t", "vit_s", "vit_b", "swin_t", "swin_b"]), default="vit_b",
+              show_default=True, help="Our model the checkpoint is (widths and depths are read from it).")
 @click.option("--out", required=True, help="Output FILE.safetensors (FILE.json is written beside it).")
-@click.option("--num-heads", type=int, default=None, help="Heads, if the checkpoint is not the standard size.")
+@click.option("--num-heads", type=int, default=None, help="ViT heads, if the checkpoint is not the standard size.")
 def convert(checkpoint: str, model: str, out: str, num_heads: int | None) -> None:
-    """Import an original KAMIM/SimMIM checkpoint (HuggingFace ViTForMaskedImageModeling) into kamim.
+    """Import an original KAMIM/SimMIM checkpoint (HuggingFace ViT/SwinForMaskedImageModeling) into kamim.
 
     Reads the state dict with torch.load(weights_only=True) (or safetensors), bare or under
     'model_state_dict'; maps every key explicitly (q/k/v fused into qkv); any missing, unexpected or
     mis-shaped key is an error. The result loads anywhere a run dir does (linprobe, analyze, ...).
-    Swin checkpoints are not supported yet.
 
     \b
     Example:
       kamim convert Models/imagenet/vit_b/KAMIM/checkpoint_final.pth --model vit_b --out kamim_vit_b.safetensors
+      kamim convert Models/imagenet/swin_t/SimMIM/checkpoint_final.pth --model swin_t --out simmim_swin_t.safetensors
       kamim linprobe --checkpoint kamim_vit_b.safetensors --dataset imagenet
     """
     from .convert import convert_checkpoint

@@ -1,8 +1,9 @@
-"""Import the original's released checkpoints (HuggingFace ``ViTForMaskedImageModeling`` state dicts,
-bare or under ``model_state_dict``) into our MIMModel, with an explicit key map and no silent skips.
+"""Import the original's released checkpoints (HuggingFace ``ViTForMaskedImageModeling`` and
+``SwinForMaskedImageModeling`` state dicts, bare or under ``model_state_dict``) into our MIMModel, with
+an explicit key map and no silent skips.
 
-Both HF layouts are read: transformers 4.x (``vit.encoder.layer.N.attention.attention.query``; what the
-original saved with 4.38.1) and 5.x (``vit.layers.N.attention.q_proj``). Separate q/k/v become timm's
+Both HF layouts are read: transformers 4.x (``...attention.attention.query``/``attention.self.query``;
+what the original saved with 4.38.1) and 5.x (``...attention.q_proj``). Separate q/k/v become timm's
 fused ``qkv`` (rows in q, k, v order). Anything missing, unexpected or mis-shaped is a UserError.
 """
 
@@ -15,30 +16,60 @@ import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
 from kamim.errors import UserError
 
-# (HF key pattern, our key template); "{qkv}" marks a q/k/v piece fused below.
-_LAYER_4X = r"vit\.encoder\.layer\.(\d+)\."
-_LAYER_5X = r"vit\.layers\.(\d+)\."
-KEY_MAP: list[tuple[str, str]] = [
+# (HF key pattern, our key). A key is a format string over the match groups, a callable of them, "QKV:<prefix>"
+# for a q/k/v piece (the last two groups are the part and weight|bias) fused below, or None: a buffer
+# our model derives itself (transformers 4.x saved Swin's relative_position_index).
+_V4, _V5 = r"vit\.encoder\.layer\.(\d+)\.", r"vit\.layers\.(\d+)\."
+_S = r"swin\.encoder\.layers\.(\d+)\.blocks\.(\d+)\."
+_WB = r"(weight|bias)"
+VIT_RULES: list[tuple[str, Any]] = [
     (r"vit\.embeddings\.cls_token", "encoder.cls_token"),
     (r"vit\.embeddings\.mask_token", "mask_token"),
     (r"vit\.embeddings\.position_embeddings", "encoder.pos_embed"),
-    (r"vit\.embeddings\.patch_embeddings\.projection\.(weight|bias)", "encoder.patch_embed.proj.{0}"),
-    (_LAYER_4X + r"attention\.attention\.(query|key|value)\.(weight|bias)", "{qkv}"),
-    (_LAYER_5X + r"attention\.(q|k|v)_proj\.(weight|bias)", "{qkv}"),
-    (_LAYER_4X + r"attention\.output\.dense\.(weight|bias)", "encoder.blocks.{0}.attn.proj.{1}"),
-    (_LAYER_5X + r"attention\.o_proj\.(weight|bias)", "encoder.blocks.{0}.attn.proj.{1}"),
-    (_LAYER_4X + r"intermediate\.dense\.(weight|bias)", "encoder.blocks.{0}.mlp.fc1.{1}"),
-    (_LAYER_4X + r"output\.dense\.(weight|bias)", "encoder.blocks.{0}.mlp.fc2.{1}"),
-    (_LAYER_5X + r"mlp\.(fc1|fc2)\.(weight|bias)", "encoder.blocks.{0}.mlp.{1}.{2}"),
-    (r"(?:" + _LAYER_4X[:-2] + r"|" + _LAYER_5X[:-2] + r")\.layernorm_before\.(weight|bias)", "norm1"),
-    (r"(?:" + _LAYER_4X[:-2] + r"|" + _LAYER_5X[:-2] + r")\.layernorm_after\.(weight|bias)", "norm2"),
-    (r"vit\.layernorm\.(weight|bias)", "encoder.norm.{0}"),
-    (r"decoder\.0\.(weight|bias)", "decoder.0.{0}"),
+    (r"vit\.embeddings\.patch_embeddings\.projection\." + _WB, "encoder.patch_embed.proj.{0}"),
+    (_V4 + r"attention\.attention\.(query|key|value)\." + _WB, "QKV:encoder.blocks.{0}"),
+    (_V5 + r"attention\.(q|k|v)_proj\." + _WB, "QKV:encoder.blocks.{0}"),
+    (_V4 + r"attention\.output\.dense\." + _WB, "encoder.blocks.{0}.attn.proj.{1}"),
+    (_V5 + r"attention\.o_proj\." + _WB, "encoder.blocks.{0}.attn.proj.{1}"),
+    (_V4 + r"intermediate\.dense\." + _WB, "encoder.blocks.{0}.mlp.fc1.{1}"),
+    (_V4 + r"output\.dense\." + _WB, "encoder.blocks.{0}.mlp.fc2.{1}"),
+    (_V5 + r"mlp\.(fc1|fc2)\." + _WB, "encoder.blocks.{0}.mlp.{1}.{2}"),
+    (_V4 + r"layernorm_before\." + _WB, "encoder.blocks.{0}.norm1.{1}"),
+    (_V5 + r"layernorm_before\." + _WB, "encoder.blocks.{0}.norm1.{1}"),
+    (_V4 + r"layernorm_after\." + _WB, "encoder.blocks.{0}.norm2.{1}"),
+    (_V5 + r"layernorm_after\." + _WB, "encoder.blocks.{0}.norm2.{1}"),
+    (r"vit\.layernorm\." + _WB, "encoder.norm.{0}"),
+    (r"decoder\.0\." + _WB, "decoder.0.{0}"),
+]
+_BLOCK = "encoder.layers.{0}.blocks.{1}."
+SWIN_RULES: list[tuple[str, Any]] = [
+    (r"swin\.embeddings\.mask_token", "mask_token"),
+    (r"swin\.embeddings\.patch_embeddings\.projection\." + _WB, "encoder.patch_embed.proj.{0}"),
+    (r"swin\.embeddings\.norm\." + _WB, "encoder.patch_embed.norm.{0}"),
+    (_S + r"attention\.self\.(query|key|value)\." + _WB, "QKV:" + _BLOCK[:-1]),
+    (_S + r"attention\.(q|k|v)_proj\." + _WB, "QKV:" + _BLOCK[:-1]),
+    (_S + r"attention\.self\.relative_position_bias_table", _BLOCK + "attn.relative_position_bias_table"),
+    (_S + r"attention\.relative_position_bias\.relative_position_bias_table",
+     _BLOCK + "attn.relative_position_bias_table"),
+    (_S + r"attention\.self\.relative_position_index", None),
+    (_S + r"attention\.output\.dense\." + _WB, _BLOCK + "attn.proj.{2}"),
+    (_S + r"attention\.o_proj\." + _WB, _BLOCK + "attn.proj.{2}"),
+    (_S + r"intermediate\.dense\." + _WB, _BLOCK + "mlp.fc1.{2}"),
+    (_S + r"output\.dense\." + _WB, _BLOCK + "mlp.fc2.{2}"),
+    (_S + r"mlp\.(fc1|fc2)\." + _WB, _BLOCK + "mlp.{2}.{3}"),
+    (_S + r"layernorm_before\." + _WB, _BLOCK + "norm1.{2}"),
+    (_S + r"layernorm_after\." + _WB, _BLOCK + "norm2.{2}"),
+    # HF merges patches at the end of stage i; timm at the start of stage i + 1 (same concatenation order)
+    (r"swin\.encoder\.layers\.(\d+)\.downsample\.(reduction|norm)\." + _WB,
+     lambda g: f"encoder.layers.{int(g[0]) + 1}.downsample.{g[1]}.{g[2]}"),
+    (r"swin\.layernorm\." + _WB, "encoder.norm.{0}"),
+    (r"decoder\.0\." + _WB, "decoder.0.{0}"),
 ]
 _QKV_ORDER = {"query": 0, "key": 1, "value": 2, "q": 0, "k": 1, "v": 2}
 
@@ -64,37 +95,38 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return state
 
 
-def rename_hf_keys(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
+def rename_hf_keys(state: dict[str, torch.Tensor], rules: list[tuple[str, Any]]
+                  ) -> tuple[dict[str, torch.Tensor], list[str]]:
     """(our-key state dict, HF keys that matched no rule). q/k/v are fused into qkv per block."""
     out: dict[str, torch.Tensor] = {}
     pieces: dict[tuple[str, str], dict[int, torch.Tensor]] = {}
     unexpected = []
     for key, tensor in state.items():
-        for pattern, template in KEY_MAP:
+        for pattern, target in rules:
             match = re.fullmatch(pattern, key)
             if match is None:
                 continue
-            groups = [g for g in match.groups() if g is not None]
-            if template == "{qkv}":
-                block, part, kind = groups
-                pieces.setdefault((block, kind), {})[_QKV_ORDER[part]] = tensor
-            elif template in ("norm1", "norm2"):
-                out[f"encoder.blocks.{groups[0]}.{template}.{groups[1]}"] = tensor
-            else:
-                out[template.format(*groups)] = tensor
+            groups = match.groups()
+            if callable(target):
+                out[target(groups)] = tensor
+            elif target is not None and target.startswith("QKV:"):
+                prefix = target[4:].format(*groups[:-2])
+                pieces.setdefault((prefix, groups[-1]), {})[_QKV_ORDER[groups[-2]]] = tensor
+            elif target is not None:
+                out[target.format(*groups)] = tensor
             break
         else:
             unexpected.append(key)
-    for (block, kind), parts in pieces.items():
+    for (prefix, kind), parts in pieces.items():
         if len(parts) != 3:
             names = ", ".join(("q", "k", "v")[i] for i in range(3) if i not in parts)
-            raise UserError(f"block {block}: attention {kind} is missing its {names} part(s); the checkpoint is incomplete")
-        out[f"encoder.blocks.{block}.attn.qkv.{kind}"] = torch.cat([parts[0], parts[1], parts[2]])
+            raise UserError(f"{prefix}: attention {kind} is missing its {names} part(s); the checkpoint is incomplete")
+        out[f"{prefix}.attn.qkv.{kind}"] = torch.cat([parts[0], parts[1], parts[2]])
     return out, unexpected
 
 
-def infer_architecture(state: dict[str, torch.Tensor]) -> dict[str, int]:
-    """embed_dim, depth and img_size as the weights say (num_heads is not in the weights)."""
+def infer_vit(state: dict[str, torch.Tensor]) -> dict[str, int]:
+    """embed_dim, depth and img_size as the weights say (num_heads is not in a ViT's weights)."""
     try:
         embed_dim = int(state["encoder.cls_token"].shape[-1])
         tokens = int(state["encoder.pos_embed"].shape[1]) - 1
@@ -104,24 +136,28 @@ def infer_architecture(state: dict[str, torch.Tensor]) -> dict[str, int]:
     return {"embed_dim": embed_dim, "depth": depth, "img_size": 16 * math.isqrt(tokens)}
 
 
-def convert_hf_vit(state: dict[str, torch.Tensor], model: str = "vit_b", num_heads: int | None = None):
-    """(MIMModel with the HF weights, info for model.json). Strict: every key of both sides must match."""
-    from kamim.train.models import MODELS, build_model
+def infer_swin(state: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """embed_dim, depths and num_heads (the width of each stage's relative-position bias table)."""
+    if "encoder.patch_embed.proj.weight" not in state:
+        raise UserError("the checkpoint has no swin.embeddings.patch_embeddings; is it a SwinForMaskedImageModeling?")
+    blocks = sorted({tuple(int(n) for n in k.split(".")[2:5:2]) for k in state
+                     if k.startswith("encoder.layers.") and ".blocks." in k})
+    stages = 1 + max((s for s, _ in blocks), default=-1)
+    depths = [sum(1 for s, _ in blocks if s == i) for i in range(stages)]
+    heads = [int(state.get(f"encoder.layers.{i}.blocks.0.attn.relative_position_bias_table",
+                           torch.zeros(0, 1)).shape[1]) for i in range(stages)]
+    return {"embed_dim": int(state["encoder.patch_embed.proj.weight"].shape[0]), "depths": depths, "num_heads": heads}
 
-    if MODELS.get(model, ("",))[0] != "vit":
-        raise UserError(f"--model {model}: only ViT conversion exists (vit_t, vit_s, vit_b); Swin is not supported yet")
-    ours, unexpected = rename_hf_keys(state)
-    arch = infer_architecture(ours)
-    overrides = {k: arch[k] for k in ("depth", "embed_dim") if arch[k] != MODELS[model][1][k]}
-    if num_heads is not None and num_heads != MODELS[model][1]["num_heads"]:
-        overrides["num_heads"] = num_heads
-    if arch["embed_dim"] % (num_heads or MODELS[model][1]["num_heads"]):
-        raise UserError(f"width {arch['embed_dim']} is not divisible by {num_heads or MODELS[model][1]['num_heads']} "
-                        "heads; pass --num-heads")
-    target = build_model(model, img_size=arch["img_size"], **overrides)
+
+def load_strict(model: str, img_size: int, overrides: dict[str, Any], ours: dict[str, torch.Tensor],
+                unexpected: list[str]):
+    """Build ``model`` and load ``ours`` into it; any missing/unexpected/mis-shaped key is one UserError."""
+    from kamim.train.models import build_model
+
+    target = build_model(model, img_size=img_size, **overrides)
     expected = target.state_dict()
     missing = sorted(set(expected) - set(ours))
-    unexpected += sorted(set(ours) - set(expected))
+    unexpected = unexpected + sorted(set(ours) - set(expected))
     wrong = sorted(f"{k} {tuple(ours[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
                    if k in ours and ours[k].shape != v.shape)
     problems = [f"{label}: {', '.join(items[:6])}{' ...' if len(items) > 6 else ''}"
@@ -130,8 +166,30 @@ def convert_hf_vit(state: dict[str, torch.Tensor], model: str = "vit_b", num_hea
     if problems:
         raise UserError(f"cannot convert to {model}: " + "; ".join(problems))
     target.load_state_dict({k: v.float() for k, v in ours.items()}, strict=True)
-    info = {"model": model, "img_size": arch["img_size"], "overrides": overrides}
-    return target.eval(), info
+    return target.eval()
+
+
+def convert_hf(state: dict[str, torch.Tensor], model: str = "vit_b", num_heads: int | None = None):
+    """(MIMModel holding the HF weights, info for the .json). Strict: every key of both sides must match.
+    ``num_heads`` is needed only for a ViT of non-standard width (Swin's heads are read from the weights)."""
+    from kamim.train.models import MODELS
+
+    if model not in MODELS:
+        raise UserError(f"--model {model}: choose one of {', '.join(MODELS)}")
+    family, defaults = MODELS[model]
+    ours, unexpected = rename_hf_keys(state, VIT_RULES if family == "vit" else SWIN_RULES)
+    if family == "swin":
+        arch, img_size = infer_swin(ours), 192
+    else:
+        arch = infer_vit(ours)
+        img_size = arch.pop("img_size")
+        heads = num_heads or defaults["num_heads"]
+        if arch["embed_dim"] % heads:
+            raise UserError(f"width {arch['embed_dim']} is not divisible by {heads} heads; pass --num-heads")
+        arch["num_heads"] = heads
+    overrides = {k: v for k, v in arch.items() if list(np.atleast_1d(v)) != list(np.atleast_1d(defaults[k]))}
+    converted = load_strict(model, img_size, overrides, ours, unexpected)
+    return converted, {"model": model, "img_size": img_size, "overrides": overrides}
 
 
 def write_export(model: torch.nn.Module, info: dict[str, Any], out: str | os.PathLike) -> Path:
@@ -152,6 +210,6 @@ def write_export(model: torch.nn.Module, info: dict[str, Any], out: str | os.Pat
 def convert_checkpoint(path: str | os.PathLike, out: str | os.PathLike, model: str = "vit_b",
                        num_heads: int | None = None) -> Path:
     state = read_state_dict(path)
-    converted, info = convert_hf_vit(state, model, num_heads)
+    converted, info = convert_hf(state, model, num_heads)
     info["converted_from"] = str(path)
     return write_export(converted, info, out)

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from kamim.cli import main
 from kamim.errors import UserError
-from kamim.evaluate.convert import convert_checkpoint, read_state_dict
+from kamim.evaluate.convert import convert_checkpoint, convert_hf, read_state_dict
 from kamim.train.checkpoint import load_pretrained
 
 transformers = pytest.importorskip("transformers")
@@ -109,9 +109,7 @@ def test_wrong_shape_and_unexpected_keys_are_errors(hf_model, tmp_path):
     state["decoder.0.weight"] = torch.zeros(3, 32, 1, 1)
     state["vit.pooler.dense.weight"] = torch.zeros(32, 32)
     with pytest.raises(UserError) as error:
-        from kamim.evaluate.convert import convert_hf_vit
-
-        convert_hf_vit(state, "vit_b", num_heads=2)
+        convert_hf(state, "vit_b", num_heads=2)
     assert "decoder.0.weight (3, 32, 1, 1) vs (768, 32, 1, 1)" in str(error.value)
     assert "unexpected: vit.pooler.dense.weight" in str(error.value)
 
@@ -120,7 +118,7 @@ def test_half_qkv_and_unreadable_files_are_errors(hf_model, tmp_path):
     state = dict(hf_model.state_dict())
     del state["vit.layers.0.attention.k_proj.bias"]
     code, output, _ = run_cli(tmp_path, state)
-    assert code == 2 and "block 0" in output and "k part" in output
+    assert code == 2 and "encoder.blocks.0" in output and "k part" in output
     garbage = tmp_path / "garbage.pth"
     garbage.write_bytes(b"\x00not a zip")
     with pytest.raises(UserError, match="unreadable"):
@@ -128,3 +126,51 @@ def test_half_qkv_and_unreadable_files_are_errors(hf_model, tmp_path):
     torch.save({"weights": [1, 2]}, tmp_path / "odd.pth")
     with pytest.raises(UserError, match="state dict of tensors"):
         read_state_dict(tmp_path / "odd.pth")
+
+
+SWIN_TO_4X = [
+    (r"attention\.(q|k|v)_proj\.", lambda m: "attention.self." + {"q": "query", "k": "key", "v": "value"}[m[1]] + "."),
+    (r"attention\.relative_position_bias\.", "attention.self."),
+    (r"attention\.o_proj\.", "attention.output.dense."),
+    (r"mlp\.fc1\.", "intermediate.dense."),
+    (r"mlp\.fc2\.", "output.dense."),
+]
+
+
+@pytest.fixture(scope="module")
+def hf_swin():
+    torch.manual_seed(0)
+    config = transformers.SwinConfig(image_size=192, embed_dim=16, depths=[2, 2, 2, 2], num_heads=[1, 2, 2, 4],
+                                     window_size=6, drop_path_rate=0.0)
+    model = transformers.SwinForMaskedImageModeling(config).eval()
+    with torch.no_grad():
+        model.swin.embeddings.mask_token.normal_()
+        for name, param in model.named_parameters():  # HF zero-initialises the bias tables; make them matter
+            if name.endswith("relative_position_bias_table"):
+                param.normal_(std=0.5)
+    return model
+
+
+@pytest.mark.parametrize("layout", ["bare-5x", "wrapped-4x"])
+def test_swin_converts_to_equal_reconstructions(hf_swin, tmp_path, layout):
+    state = dict(hf_swin.state_dict())
+    if layout.endswith("4x"):
+        old = {}
+        for key, value in state.items():
+            for pattern, repl in SWIN_TO_4X:
+                key = re.sub(pattern, repl, key)
+            old[key] = value
+        # 4.x also saved each block's relative_position_index buffer; the converter derives its own
+        old["swin.encoder.layers.0.blocks.0.attention.self.relative_position_index"] = torch.zeros(36, 36).long()
+        state = {"model_state_dict": old}
+    source = tmp_path / "swin.pth"
+    torch.save(state, source)
+    ours, info = load_pretrained(convert_checkpoint(source, tmp_path / "swin.safetensors", "swin_t"))
+    assert info["overrides"] == {"embed_dim": 16, "depths": [2, 2, 2, 2], "num_heads": [1, 2, 2, 4]}
+    torch.manual_seed(1)
+    images = torch.randn(2, 3, 192, 192)
+    mask = (torch.rand(2, 48, 48) < 0.6).long()
+    with torch.no_grad():
+        expected = hf_swin(pixel_values=images, bool_masked_pos=mask.flatten(1)).reconstruction
+        got = ours(images, mask)
+    assert float((expected - got).abs().max()) < 1e-4
