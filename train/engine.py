@@ -35,6 +35,7 @@ class StepResult:
     images: int
     seconds: float
     last: dict[str, torch.Tensor]  # the last micro-batch (inputs, mask, reconstruction, weights)
+    skipped: bool = False  # non-finite gradients under skip_non_finite: no update was applied
 
 
 def batch_weights(batch: dict[str, torch.Tensor], spec: LossSpec) -> torch.Tensor | None:
@@ -62,7 +63,7 @@ def micro_batch(model: nn.Module, batch: dict[str, torch.Tensor], spec: LossSpec
 
 def train_steps(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, scaler: torch.amp.GradScaler,  # noqa: ANN001
                 batches: Iterator[dict[str, torch.Tensor]], device: Device, spec: LossSpec, start: int, stop: int,
-                accumulation: int, clip_grad: float) -> Iterator[StepResult]:
+                accumulation: int, clip_grad: float, skip_non_finite: bool = False) -> Iterator[StepResult]:
     """Run optimiser steps start+1 .. stop, yielding after each. The LR schedule is indexed by optimiser
     step (the original indexed it by micro-batch, so it ran ``accumulation`` times too fast)."""
     params = [p for p in model.parameters() if p.requires_grad]
@@ -83,11 +84,16 @@ def train_steps(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, s
         scaler.unscale_(optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, clip_grad)
         lr = optimizer.param_groups[0]["lr"]
-        scaler.step(optimizer)
+        # --nan-policy skip: drop this update if any gradient is NaN/Inf (the grad norm is all-reduced, so
+        # every rank agrees). Costs one host sync per step, so only when asked. An enabled fp16 scaler
+        # already skips such steps itself.
+        skipped = skip_non_finite and not bool(torch.isfinite(grad_norm))
+        if not skipped or scaler.is_enabled():
+            scaler.step(optimizer)
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
         scheduler.step_update(num_updates=step)
         device.mark_step()
         yield StepResult(step, total / accumulation, grad_norm, lr, count * device.world,
-                         time.perf_counter() - began, last)
+                         time.perf_counter() - began, last, skipped)
 

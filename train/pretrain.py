@@ -70,6 +70,7 @@ class PretrainConfig:
     save_every: int = 500
     grid_every: int = 500
     keep_checkpoints: int = 2
+    nan_policy: str = "stop"  # stop: a NaN/Inf loss ends the run; skip: drop that step's update and count it
     tensorboard: bool = False
     wandb: str | None = None
 
@@ -90,6 +91,7 @@ def validate(cfg: PretrainConfig) -> None:
         (cfg.lr > 0 and cfg.min_lr >= 0 and cfg.warmup_lr >= 0, "--lr must be > 0"),
         (cfg.warmup_steps is None or cfg.warmup_steps >= 0, "--warmup-steps must be >= 0"),
         (cfg.workers >= 0, f"--workers {cfg.workers}: must be >= 0"),
+        (cfg.nan_policy in ("stop", "skip"), f"--nan-policy {cfg.nan_policy}: use stop or skip"),
         (min(cfg.log_every, cfg.save_every) >= 1 and cfg.grid_every >= 0, "--log-every/--save-every must be >= 1"),
     ]
     for ok, message in checks:
@@ -246,18 +248,25 @@ def run_steps(train_model, model, optimizer, scheduler, scaler, batches, device:
     from tqdm import tqdm
 
     bar = tqdm(total=total, initial=start, desc="pretrain", disable=not device.is_main, dynamic_ncols=True)
+    skipped = 0
     for result in train_steps(train_model, optimizer, scheduler, scaler, batches, device, spec, start, stop,
-                              cfg.accumulation, cfg.clip_grad):
+                              cfg.accumulation, cfg.clip_grad, cfg.nan_policy == "skip"):
         step = result.step
-        if step % cfg.log_every == 0 or step == stop:  # on every rank: the mean is a collective
+        skipped += result.skipped
+        # Checked at every log and every save step, so a non-finite model is never checkpointed.
+        if step % cfg.log_every == 0 or step % cfg.save_every == 0 or step == stop:  # on every rank: collective
             loss = float(mean_across_ranks(result.loss, device))
-            if not math.isfinite(loss):
-                raise UserError(f"loss became {loss} at step {step}; lower --lr or use --precision fp32")
+            if not (math.isfinite(loss) and math.isfinite(float(result.grad_norm))) and not result.skipped:
+                raise UserError(f"loss became {loss} at step {step} (grad norm {float(result.grad_norm)}); the "
+                                f"last checkpoint is intact: lower --lr, use --precision fp32 or --nan-policy skip")
         if metrics is not None and (step % cfg.log_every == 0 or step == stop):
             epoch = step * cfg.accumulation / batches_per_epoch
-            record = {"step": step, "epoch": round(epoch, 4), "loss": loss, "lr": result.lr,
-                      "grad_norm": float(result.grad_norm), "img_s": result.images / result.seconds,
-                      "time": time.time()}
+            grad_norm = float(result.grad_norm)
+            record = {"step": step, "epoch": round(epoch, 4), "loss": loss if math.isfinite(loss) else None,
+                      "lr": result.lr, "grad_norm": grad_norm if math.isfinite(grad_norm) else None,
+                      "img_s": result.images / result.seconds, "time": time.time()}
+            if cfg.nan_policy == "skip":
+                record["skipped_steps"] = skipped  # updates dropped for NaN/Inf since this process started
             metrics.write(record)
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{result.lr:.2e}", img_s=f"{record['img_s']:.1f}")
         if device.is_main and cfg.grid_every and (step % cfg.grid_every == 0 or step == stop):

@@ -50,6 +50,8 @@ from .models import MODELS
 @click.option("--save-every", default=500, show_default=True, type=int, help="Steps between checkpoints.")
 @click.option("--grid-every", default=500, show_default=True, type=int, help="Steps between reconstruction grids (0: off).")
 @click.option("--keep-checkpoints", default=2, show_default=True, type=int)
+@click.option("--nan-policy", default="stop", show_default=True, type=click.Choice(["stop", "skip"]),
+              help="A NaN/Inf loss: stop (one line naming the step; checkpoints stay finite) or skip that update and count it.")
 @click.option("--tensorboard", is_flag=True, help="Also log to TensorBoard (needs tensorboard installed).")
 @click.option("--wandb", default=None, metavar="PROJECT", help="Also log to this wandb project (needs wandb).")
 def pretrain(**options) -> None:  # noqa: ANN003

@@ -10,7 +10,7 @@ from kamim.errors import UserError
 from kamim.paths import default_cache_dir
 
 # Settings that may change between a run and its resume; everything else must match.
-RESUMABLE_CHANGES = {"out", "resume", "device", "workers", "log_every", "save_every", "grid_every", "stop_after",
+RESUMABLE_CHANGES = {"out", "resume", "device", "workers", "log_every", "save_every", "grid_every", "stop_after", "nan_policy",
                      "keep_checkpoints", "tensorboard", "wandb", "cache", "data_root"}
 INT_LISTS = {"depths", "num_heads"}
 
