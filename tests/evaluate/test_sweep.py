@@ -61,3 +61,15 @@ def test_interrupted_pretrain_resumes(sweep_env):
     run_sweep(config, log=logs.append)
     assert any("resume pretrain fast-wps8-T0.5" in m for m in logs)
     assert (point_dir / "model.safetensors").is_file() and (point_dir / "linprobe" / "linprobe.json").is_file()
+
+
+def test_cli_rejects_bad_grid_before_any_work(tmp_path):
+    from click.testing import CliRunner
+
+    from kamim.cli import main
+
+    for args, expected in ((["--detector", "fast,harris"], "harris"), (["--weight-ps", "8,x"], "--weight-ps"),
+                           (["--temperature", ""], "at least one value")):
+        result = CliRunner().invoke(main, ["sweep", *args, "--out", str(tmp_path / "s")])
+        assert result.exit_code == 2 and expected in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "s").exists()
