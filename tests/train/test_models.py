@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
+
+from kamim.errors import UserError
 from kamim.train.checkpoint import export_model, load_pretrained, save_checkpoint
 from kamim.train.models import build_model, mask_grid
 
-from kamim.errors import UserError
-
 TINY = {
     "vit_t": {"depth": 1, "embed_dim": 32, "num_heads": 2},
+    "vit_s": {"depth": 1, "embed_dim": 32, "num_heads": 2},
     "vit_b": {"depth": 1, "embed_dim": 32, "num_heads": 2},
     "swin_t": {"depths": [1, 1, 1, 1], "embed_dim": 16, "num_heads": [1, 1, 1, 1]},
     "swin_b": {"depths": [1, 1, 1, 1], "embed_dim": 16, "num_heads": [1, 1, 1, 1]},

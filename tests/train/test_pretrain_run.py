@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 from train_helpers import TINY_VIT_OVERRIDES, make_folder
 
 from kamim.datasets import open_dataset
+from kamim.errors import UserError
 from kamim.preprocess.build import CacheConfig, build_cache
 from kamim.train.checkpoint import load_pretrained
 from kamim.train.data import PretrainSamples, collate
@@ -51,6 +52,11 @@ def test_resume_after_n_steps_equals_an_uninterrupted_2n_step_run(folder, tmp_pa
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     model, info = load_pretrained(first)
     assert info["step"] == 4 and info["method"] == "kamim" and info["weight_ps"] == 8
+    changed = tiny(folder, tmp_path, "split", steps=4, accumulation=2, lr=1e-3, resume=True)
+    with pytest.raises(UserError, match="differ.*lr"):
+        run_pretrain(changed)
+    with pytest.raises(UserError, match="--resume"):  # an existing run is never silently overwritten
+        run_pretrain(tiny(folder, tmp_path, "split", steps=4, accumulation=2))
 
 
 def test_a_few_steps_reduce_the_loss(folder, tmp_path):
