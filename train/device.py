@@ -101,11 +101,11 @@ def resolve_device(name: str = "auto", precision: str = "auto") -> Device:
         torch.cuda.set_device(device)
     elif name == "xla":
         try:
-            import torch_xla.core.xla_model as xm
+            import torch_xla
             import torch_xla.runtime as xr
         except ImportError:
             raise UserError("--device xla needs torch_xla: pip install -e '.[xla]' (see the README)") from None
-        device = xm.xla_device()
+        device = torch_xla.device()
         rank, world = xr.global_ordinal(), xr.world_size()
     else:
         device = torch.device("cpu")
