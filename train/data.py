@@ -10,6 +10,7 @@ workers and any rank reproduce the same batches.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -18,6 +19,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from kamim.datasets import BadSampleError, ImageDataset
+from kamim.errors import UserError
 
 from .augment import crop_image, crop_points, sample_crop, sample_seed, seeded
 from .distributed import rank_share
@@ -69,9 +71,10 @@ class PretrainSamples(Dataset):
         for step in range(len(self.dataset)):
             try:
                 return self.dataset[(index + step) % len(self.dataset)][0]
-            except BadSampleError:
+            except BadSampleError as error:  # shown once per file and process: the user sees which
+                warnings.warn(f"bad sample {error}; training on the next readable image", stacklevel=1)
                 continue
-        raise RuntimeError("no readable image in the dataset")
+        raise UserError(f"{self.dataset.describe()}: no readable image (every file failed to decode)")
 
 
 def online_ring_map(crop: torch.Tensor, detector: str, gray: str = "bgr") -> np.ndarray:
