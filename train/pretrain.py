@@ -249,34 +249,36 @@ def run_steps(train_model, model, optimizer, scheduler, scaler, batches, device:
 
     bar = tqdm(total=total, initial=start, desc="pretrain", disable=not device.is_main, dynamic_ncols=True)
     skipped = 0
-    for result in train_steps(train_model, optimizer, scheduler, scaler, batches, device, spec, start, stop,
-                              cfg.accumulation, cfg.clip_grad, cfg.nan_policy == "skip"):
-        step = result.step
-        skipped += result.skipped
-        # Checked at every log and every save step, so a non-finite model is never checkpointed.
-        if step % cfg.log_every == 0 or step % cfg.save_every == 0 or step == stop:  # on every rank: collective
-            loss = float(mean_across_ranks(result.loss, device))
-            if not (math.isfinite(loss) and math.isfinite(float(result.grad_norm))) and not result.skipped:
-                raise UserError(f"loss became {loss} at step {step} (grad norm {float(result.grad_norm)}); the "
-                                f"last checkpoint is intact: lower --lr, use --precision fp32 or --nan-policy skip")
-        if metrics is not None and (step % cfg.log_every == 0 or step == stop):
-            epoch = step * cfg.accumulation / batches_per_epoch
-            grad_norm = float(result.grad_norm)
-            record = {"step": step, "epoch": round(epoch, 4), "loss": loss if math.isfinite(loss) else None,
-                      "lr": result.lr, "grad_norm": grad_norm if math.isfinite(grad_norm) else None,
-                      "img_s": result.images / result.seconds, "time": time.time()}
-            if cfg.nan_policy == "skip":
-                record["skipped_steps"] = skipped  # updates dropped for NaN/Inf since this process started
-            metrics.write(record)
-            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{result.lr:.2e}", img_s=f"{record['img_s']:.1f}")
-        if device.is_main and cfg.grid_every and (step % cfg.grid_every == 0 or step == stop):
-            last = result.last
-            save_grid(run_dir / "grids" / f"step-{step:07d}.png", last["images"], last["pixel_mask"],
-                      last["recon"], last["weights"])
-        if step % cfg.save_every == 0 or step == stop:
-            save(step)
-        bar.update(1)
-    bar.close()
+    try:  # close the bar even on an error, so the error starts its own line
+        for result in train_steps(train_model, optimizer, scheduler, scaler, batches, device, spec, start, stop,
+                                  cfg.accumulation, cfg.clip_grad, cfg.nan_policy == "skip"):
+            step = result.step
+            skipped += result.skipped
+            # Checked at every log and every save step, so a non-finite model is never checkpointed.
+            if step % cfg.log_every == 0 or step % cfg.save_every == 0 or step == stop:  # on every rank: collective
+                loss = float(mean_across_ranks(result.loss, device))
+                if not (math.isfinite(loss) and math.isfinite(float(result.grad_norm))) and not result.skipped:
+                    raise UserError(f"loss became {loss} at step {step} (grad norm {float(result.grad_norm)}); the "
+                                    f"last checkpoint is intact: lower --lr, use --precision fp32 or --nan-policy skip")
+            if metrics is not None and (step % cfg.log_every == 0 or step == stop):
+                epoch = step * cfg.accumulation / batches_per_epoch
+                grad_norm = float(result.grad_norm)
+                record = {"step": step, "epoch": round(epoch, 4), "loss": loss if math.isfinite(loss) else None,
+                          "lr": result.lr, "grad_norm": grad_norm if math.isfinite(grad_norm) else None,
+                          "img_s": result.images / result.seconds, "time": time.time()}
+                if cfg.nan_policy == "skip":
+                    record["skipped_steps"] = skipped  # updates dropped for NaN/Inf since this process started
+                metrics.write(record)
+                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{result.lr:.2e}", img_s=f"{record['img_s']:.1f}")
+            if device.is_main and cfg.grid_every and (step % cfg.grid_every == 0 or step == stop):
+                last = result.last
+                save_grid(run_dir / "grids" / f"step-{step:07d}.png", last["images"], last["pixel_mask"],
+                          last["recon"], last["weights"])
+            if step % cfg.save_every == 0 or step == stop:
+                save(step)
+            bar.update(1)
+    finally:
+        bar.close()
 
 
 def config_from_options(options: dict[str, Any]) -> PretrainConfig:
