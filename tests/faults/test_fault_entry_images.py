@@ -7,6 +7,7 @@ the file, exit 2, and writes nothing; odd-but-valid images work.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 
@@ -32,7 +33,8 @@ def test_online_pretraining_goes_on_past_bad_images(data, tmp_path, workers):
                          data_root=str(data), keypoints="online", detector="fast", device="cpu",
                          out=str(tmp_path / "run"), batch_size=4, workers=workers, steps=4, grid_every=0,
                          save_every=4)
-    run = run_pretrain(cfg)  # 13 files, 7 bad: most batches hold a replaced sample
+    with pytest.warns(UserWarning, match="bad sample") if workers == 0 else contextlib.nullcontext():
+        run = run_pretrain(cfg)  # 13 files, 7 bad: most batches hold a replaced sample
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2, 3, 4]
     assert all(math.isfinite(r["loss"]) for r in records)
@@ -63,3 +65,13 @@ def test_weights_on_odd_but_valid_images(tmp_path, name):
     assert proc.returncode == 0, proc.stderr[-2000:]
     weights = np.load(out / "weights.npy")
     assert weights.shape == (12, 12) and np.isfinite(weights).all() and weights.min() == pytest.approx(1.0)
+
+
+def test_online_pretraining_on_only_bad_images_is_one_line(tmp_path):
+    root = tmp_path / "data"
+    add_files(root / "train" / "c0", {n: b for n, (b, _) in bad_images().items()})
+    args = ["pretrain", "--dataset", "folder", "--data-root", str(root), "--keypoints", "online", "--device", "cpu",
+            "--override", "depth=1", "--override", "embed_dim=32", "--override", "num_heads=2", "--batch-size", "2",
+            "--workers", "0", "--steps", "2", "--out", str(tmp_path / "run")]
+    assert_one_line_error(invoke_kamim(*args), "no readable image")
+    assert not (tmp_path / "run" / "checkpoints").exists()
