@@ -129,6 +129,11 @@ class ZarrCache:
         points = self.detect_points(index)
         return to_source(points, self._scale[index]) if len(points) else points.astype(np.float32)
 
+    def sample(self, index: int, dataset) -> tuple[np.ndarray, np.ndarray, int]:
+        """(uint8 RGB image from ``dataset``, its points in source pixels, label); check_dataset first."""
+        image, label = dataset[index]
+        return image, self.points(index), label
+
     def scale(self, index: int) -> np.ndarray:
         self._open()
         return self._scale[self._check_index(index)]

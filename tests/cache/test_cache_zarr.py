@@ -61,6 +61,9 @@ def test_cached_points_equal_direct_detection_on_the_canonical_image(built, dete
         assert stored.shape == direct.shape
         assert np.abs(stored - direct).max(initial=0) <= 0.5 / steps + 1e-6
         source = reader.points(i)
+        sample_image, sample_points, label = reader.sample(i, dataset)
+        assert np.array_equal(sample_image, image) and np.array_equal(sample_points, source)
+        assert label == dataset.label(i)
         assert source.dtype == np.float32 and source.shape == direct.shape
         bound = 0.5 / steps / scale.min() + 1e-3  # detect-size bound, in source pixels
         assert np.abs(source - to_source(direct, scale)).max(initial=0) <= bound
