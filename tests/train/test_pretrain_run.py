@@ -124,3 +124,11 @@ def test_cache_that_does_not_match_the_dataset_is_refused(folder, tmp_path):
     wrong = CliRunner().invoke(pretrain, [*args[:4], "--cache", str(cache), "--detect-size", "256", "--out",
                                           str(tmp_path / "run2"), "--device", "cpu"])
     assert wrong.exit_code == 2 and "--detect-size 128" in wrong.output
+
+
+def test_missing_default_cache_is_built_first(folder, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("KAMIM_CACHE_ROOT", str(tmp_path / "caches"))
+    run = run_pretrain(tiny(folder, tmp_path, "auto", cache=None, steps=1))
+    expected = tmp_path / "caches" / "folder-train-fast-128.zarr"
+    assert (expected / "manifest.json").is_file() and (run / "model.safetensors").is_file()
+    assert "building it first" in capsys.readouterr().err
