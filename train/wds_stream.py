@@ -86,9 +86,10 @@ class WdsPretrainStream(IterableDataset):
 
 
 def _known_file(name: str) -> bool:
-    from kamim.cache.wds_store import SAMPLE_KEYS
+    # The cache's own rule (only its three keys, no path-like member names), so a hostile shard reads alike.
+    from kamim.cache.wds_store import _known_file as cache_known_file
 
-    return name.split("/")[-1].split(".", 1)[-1].lower() in SAMPLE_KEYS
+    return cache_known_file(name)
 
 
 def wds_batches_per_epoch(good_samples: int, batch_size: int, world: int) -> int:
