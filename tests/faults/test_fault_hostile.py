@@ -116,6 +116,20 @@ def test_shard_with_pickles_and_path_like_names_yields_only_the_real_sample(tmp_
     assert not marker.exists() and not (tmp_path.parent / "escape").exists()
 
 
+def test_training_stream_reads_a_hostile_shard_like_the_cache_reader(tmp_path):
+    from kamim.train.wds_stream import WdsPretrainStream
+
+    marker = tmp_path / "marker"
+    members = _sample_members(1)
+    members["000000001.pyd"] = hostile_pickle(marker)
+    members["../../escape/000000002.jpg"] = members["000000001.jpg"]
+    _tar(tmp_path / "shard.tar", members)
+    stream = WdsPretrainStream([tmp_path / "shard.tar"], "cached", 16, seed=0, batch_size=3)
+    batch = next(iter(stream))  # resampled forever: the one real sample, three times
+    assert batch["image"].shape == (3, 3, 192, 192) and batch["counts"].max() <= 2  # the sample has 2 points
+    assert not marker.exists()
+
+
 @pytest.mark.parametrize("fault", ["object-array", "missing-key", "not-npy"])
 def test_shard_with_hostile_or_missing_keypoints_is_a_one_line_error(tmp_path, fault):
     marker = tmp_path / "marker"
