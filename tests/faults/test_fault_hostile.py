@@ -74,6 +74,16 @@ def test_pretrain_resume_from_a_hostile_checkpoint_exits_2(tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_convert_refuses_a_hostile_original_checkpoint(tmp_path, suffix):
+    marker = tmp_path / "marker"
+    path = tmp_path / f"checkpoint_final{suffix}"
+    torch.save({"model_state_dict": {"w": torch.zeros(1)}, "payload": Exploit(marker)}, path)
+    out = tmp_path / "converted.safetensors"
+    assert_one_line_error(invoke_kamim("convert", str(path), "--model", "vit_t", "--out", str(out)), path.name)
+    assert not marker.exists() and not out.exists()
+
+
 def test_hostile_cifar_batch_is_refused(tmp_path):
     marker = tmp_path / "marker"
     path = tmp_path / "data_batch_1"
