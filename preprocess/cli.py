@@ -18,7 +18,8 @@ from kamim.errors import UserError
 @click.option(
     "--detect-size", default=256, show_default=True, help="Shorter side of the image the detector sees."
 )
-@click.option("--format", "fmt", type=click.Choice(["zarr", "wds"]), default="zarr", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["zarr", "wds"]), default="zarr", show_default=True,
+              help="zarr: keypoints only, random access; wds: tar shards of image + keypoints + label.")  # fmt: skip
 @click.option(
     "--out", type=click.Path(file_okay=False), help="Output dir (default: ./cache/<dataset>-<split>-...)."
 )
