@@ -67,4 +67,4 @@ test-xla:
 	bash .ci/xla
 
 clean:
-	rm -rf runs cache .pytest_cache
+	rm -rf runs caches .pytest_cache

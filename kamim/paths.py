@@ -14,10 +14,10 @@ def data_root(value: str | os.PathLike | None = None) -> Path:
 
 
 def cache_root(value: str | os.PathLike | None = None) -> Path:
-    """Root under which ``kamim cache`` writes by default: ``$KAMIM_CACHE_ROOT`` or ``./cache``."""
+    """Root under which ``kamim cache`` writes by default: ``$KAMIM_CACHE_ROOT`` or ``./caches``."""
     if value:
         return Path(value)
-    return Path(os.environ.get("KAMIM_CACHE_ROOT") or "cache")
+    return Path(os.environ.get("KAMIM_CACHE_ROOT") or "caches")
 
 
 def default_cache_dir(

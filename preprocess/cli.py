@@ -21,7 +21,7 @@ from kamim.errors import UserError
 @click.option("--format", "fmt", type=click.Choice(["zarr", "wds"]), default="zarr", show_default=True,
               help="zarr: keypoints only, random access; wds: tar shards of image + keypoints + label.")  # fmt: skip
 @click.option(
-    "--out", type=click.Path(file_okay=False), help="Output dir (default: ./cache/<dataset>-<split>-...)."
+    "--out", type=click.Path(file_okay=False), help="Output dir (default: ./caches/<dataset>-<split>-...)."
 )
 @click.option("--workers", type=int, help="Worker processes (default: all cores).")
 @click.option("--gray", type=click.Choice(["bgr", "rgb"]), default="bgr", show_default=True,
@@ -55,7 +55,7 @@ def cache(ctx: click.Context, dataset, split, detector, detect_size, fmt, out, w
       kamim cache --dataset imagenet --detector sift --format wds --store-size 256
       kamim cache --dataset imagenet --detector fast --out /scratch/c --num-partitions 8 --partition 3
       kamim cache finalize /scratch/c
-      kamim cache info cache/photos-train-fast-256.zarr
+      kamim cache info caches/photos-train-fast-256.zarr
     """
     if ctx.invoked_subcommand is not None:
         return
@@ -94,7 +94,7 @@ def info(directory: str) -> None:
 
     \b
     Example:
-      kamim cache info cache/photos-train-fast-256.zarr
+      kamim cache info caches/photos-train-fast-256.zarr
     """
     from kamim.cache.info import describe
 
