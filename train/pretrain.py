@@ -151,6 +151,8 @@ def run_pretrain(cfg: PretrainConfig) -> Path:
             raise UserError(f"--resume: {run_dir} has no checkpoints/step-*.pt to continue from")
         checkpoint = load_checkpoint(path)
         bad = resume_mismatches(checkpoint.get("config", {}), config_dict(cfg))
+        if int(checkpoint.get("world", 1)) != device.world:  # the data order and global batch depend on it
+            bad["world size (processes)"] = (int(checkpoint.get("world", 1)), device.world)
         if bad:
             raise UserError(f"--resume: these settings differ from the run in {run_dir}: {bad}")
     log = click.echo if device.is_main else (lambda *a, **k: None)
@@ -225,7 +227,7 @@ def run_pretrain(cfg: PretrainConfig) -> Path:
     def save(step: int) -> None:
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                  "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "step": step,
-                 "micro_batches": step * cfg.accumulation, "rng": rng_states(), "config": config_dict(cfg),
+                 "micro_batches": step * cfg.accumulation, "world": device.world, "rng": rng_states(), "config": config_dict(cfg),
                  "model_info": {**info, "step": step}, "cache_fingerprint": fingerprint}
         if device.is_main:
             save_checkpoint(run_dir, step, to_host(state), keep=cfg.keep_checkpoints)

@@ -4,11 +4,13 @@ only rank 0 writes, and a DDP run resumes exactly."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
 from safetensors.torch import load_file
-from scaleout_helpers import make_photo_folder, pretrain_args, run_kamim
+from scaleout_helpers import environment, make_photo_folder, pretrain_args, run_kamim
 
 from kamim.train.checkpoint import load_checkpoint
 
@@ -61,3 +63,12 @@ def test_only_rank_zero_writes_and_prints(runs):  # noqa: ANN001
     for result in (runs["first"], runs["resumed"]):
         assert result.stderr.count("PretrainConfig") == 1
         assert result.stderr.count("effective batch") == 1
+
+
+def test_resuming_with_another_world_size_is_refused(runs):  # noqa: ANN001
+    tmp = runs["tmp"]
+    args = pretrain_args(tmp / "data", tmp / "ddp", "--steps", "4", "--save-every", "2", "--batch-size", "2", "--resume")
+    result = subprocess.run([sys.executable, "-m", "kamim", *args], cwd=tmp, env=environment(tmp),
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "world size (processes)': (2, 1)" in result.stderr
+    assert "Traceback" not in result.stderr
