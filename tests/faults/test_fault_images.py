@@ -52,18 +52,22 @@ def test_odd_but_valid_images_decode_to_uint8_rgb(name):
 
 
 def test_bomb_header_is_refused_without_allocating_it():
-    """Headers claiming 10^10 and 2.25*10^8 pixels fail fast inside a 2 GiB address-space limit."""
+    """Headers claiming 10^10 and 2.25*10^8 pixels fail fast under a 768 MiB address-space limit, in which
+    allocating even the smaller one (675 MB of RGB) is impossible (the control at the end)."""
     code = (
         "import resource,sys; sys.path.insert(0,'tests/faults')\n"
-        f"resource.setrlimit(resource.RLIMIT_AS, ({2**31}, {2**31}))\n"
+        f"resource.setrlimit(resource.RLIMIT_AS, ({768 * 2**20}, {768 * 2**20}))\n"
+        "import numpy as np\n"
         "from fault_files import bomb_png\nfrom kamim.datasets import decode_image, BadSampleError\n"
         "for size in (100000, 15000):\n"
         "    try: decode_image(bomb_png(size, size), name='bomb.png')\n"
         "    except BadSampleError as e: print(e.reason.split(' (')[0])\n"
+        "try: np.zeros(15000 * 15000 * 3, np.uint8); print('allocated')\n"
+        "except MemoryError: print('cannot allocate')\n"
     )
     out = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.split("\n")[:2] == ["image too large", "image too large"]
+    assert out.stdout.split("\n")[:3] == ["image too large", "image too large", "cannot allocate"]
 
 
 def test_folder_dataset_names_the_bad_file_and_serves_the_rest(tmp_path):
