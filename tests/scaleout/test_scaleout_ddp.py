@@ -26,14 +26,16 @@ def _max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> f
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):  # noqa: ANN001, ANN201
-    """One process with batch 4; two ranks with batch 2 stopped after step 2, then resumed under torchrun."""
+    """One process with batch 4; two ranks with batch 1 x 2 accumulation (DDP's no_sync path) stopped after
+    step 2, then resumed under torchrun."""
     tmp = tmp_path_factory.mktemp("ddp")
     data = make_photo_folder(tmp / "data", count=16)
     common = ("--steps", "4", "--save-every", "2")
     single = run_kamim(pretrain_args(data, tmp / "single", *common, "--batch-size", "4"), tmp)
-    first = run_kamim(pretrain_args(data, tmp / "ddp", *common, "--batch-size", "2", "--stop-after", "2"), tmp, nproc=2)
+    ddp = (*common, "--batch-size", "1", "--accumulation", "2")
+    first = run_kamim(pretrain_args(data, tmp / "ddp", *ddp, "--stop-after", "2"), tmp, nproc=2)
     ddp_step2 = load_checkpoint(tmp / "ddp" / "checkpoints" / "step-0000002.pt")
-    resumed = run_kamim(pretrain_args(data, tmp / "ddp", *common, "--batch-size", "2", "--resume"), tmp, nproc=2)
+    resumed = run_kamim(pretrain_args(data, tmp / "ddp", *ddp, "--resume"), tmp, nproc=2)
     return {"tmp": tmp, "single": single, "first": first, "resumed": resumed, "ddp_step2": ddp_step2}
 
 
@@ -43,7 +45,7 @@ def test_two_ranks_equal_one_process_with_the_same_global_batch(runs):  # noqa: 
     assert _max_difference(runs["ddp_step2"]["model"], single_step2["model"]) < 1e-5
     # the logged loss is the global batch's (the mean over ranks), not rank 0's half
     assert _losses(tmp / "ddp")[:2] == pytest.approx(_losses(tmp / "single")[:2], rel=1e-5)
-    assert "effective batch 4 = 2 x 1 accumulation x 2 rank(s)" in runs["first"].stderr
+    assert "effective batch 4 = 1 x 2 accumulation x 2 rank(s)" in runs["first"].stderr
 
 
 def test_ddp_resume_finishes_like_the_uninterrupted_run(runs):  # noqa: ANN001
@@ -67,7 +69,8 @@ def test_only_rank_zero_writes_and_prints(runs):  # noqa: ANN001
 
 def test_resuming_with_another_world_size_is_refused(runs):  # noqa: ANN001
     tmp = runs["tmp"]
-    args = pretrain_args(tmp / "data", tmp / "ddp", "--steps", "4", "--save-every", "2", "--batch-size", "2", "--resume")
+    args = pretrain_args(tmp / "data", tmp / "ddp", "--steps", "4", "--save-every", "2", "--batch-size", "1",
+                         "--accumulation", "2", "--resume")
     result = subprocess.run([sys.executable, "-m", "kamim", *args], cwd=tmp, env=environment(tmp),
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "world size (processes)': (2, 1)" in result.stderr
