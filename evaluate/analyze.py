@@ -149,7 +149,7 @@ def analyze() -> None:
     """
 
 
-@analyze.command("reconstruction")
+@analyze.command("reconstruction", short_help="PSNR/SSIM and an image grid of reconstructions.")
 @common_options(num_images=64)
 @click.option("--mask-ratio", default=0.4, show_default=True, help="The original notebook used 0.4 (training: 0.6).")
 @click.option("--grid-images", default=4, show_default=True, help="Rows of the image grid.")
@@ -168,7 +168,7 @@ def reconstruction_command(**kwargs) -> None:
     run_analysis(ReconstructionConfig(analysis="reconstruction", **kwargs))
 
 
-@analyze.command("attention-maps")
+@analyze.command("attention-maps", short_help="Attention of a query token, per checkpoint.")
 @common_options(num_images=5)
 @click.option("--depth", default=-1, show_default=True, help="Block, 1-based; -1 = last (the original's depth 11).")
 @click.option("--head", default=0, show_default=True)
@@ -183,7 +183,7 @@ def attention_maps_command(**kwargs) -> None:
     run_analysis(AttentionMapConfig(analysis="attention-maps", **kwargs))
 
 
-@analyze.command("attention-distance")
+@analyze.command("attention-distance", short_help="Mean attention distance per depth and head.")
 @common_options(num_images=64)
 def attention_distance_command(**kwargs) -> None:
     """Mean attention distance (pixels) per depth and head: how far each block looks.
@@ -195,7 +195,7 @@ def attention_distance_command(**kwargs) -> None:
     run_analysis(AnalyzeConfig(analysis="attention-distance", **kwargs))
 
 
-@analyze.command("attention-nmi")
+@analyze.command("attention-nmi", short_help="NMI of attention per depth (low = collapse).")
 @common_options(num_images=64)
 def attention_nmi_command(**kwargs) -> None:
     """Normalised mutual information between queries and keys per depth (low = attention collapse).
@@ -207,7 +207,7 @@ def attention_nmi_command(**kwargs) -> None:
     run_analysis(AnalyzeConfig(analysis="attention-nmi", **kwargs))
 
 
-@analyze.command("fourier")
+@analyze.command("fourier", short_help="Delta log amplitude of tokens per depth.")
 @common_options(num_images=16)
 def fourier_command(**kwargs) -> None:
     """Relative log amplitude of the highest-frequency token component per depth (0 = embeddings).
@@ -219,7 +219,7 @@ def fourier_command(**kwargs) -> None:
     run_analysis(AnalyzeConfig(analysis="fourier", **kwargs))
 
 
-@analyze.command("tsne")
+@analyze.command("tsne", short_help="t-SNE of patch tokens coloured by class.")
 @common_options(num_images=16)
 @click.option("--depth", default=-1, show_default=True, help="Block, 1-based; -1 = last.")
 @click.option("--perplexity", default=20.0, show_default=True)
@@ -234,7 +234,7 @@ def tsne_command(**kwargs) -> None:
     run_analysis(TsneConfig(analysis="tsne", **kwargs))
 
 
-@analyze.command("pca")
+@analyze.command("pca", short_help="PCA of tokens before/after self-attention.")
 @common_options(num_images=16)
 @click.option("--depth", default=-1, show_default=True, help="Block, 1-based; -1 = last.")
 @click.option("--image-index", default=8, show_default=True, help="Which of the selected images (0-based).")
