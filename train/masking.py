@@ -27,4 +27,6 @@ def random_mask(generator: torch.Generator | None, model_patch_size: int, img_si
 
 def pixel_mask(mask: torch.Tensor, model_patch_size: int) -> torch.Tensor:
     """Token mask [B,h,w] -> pixel mask [B,1,H,W] (the same block upsampling as the original step)."""
-    return mask.repeat_interleave(model_patch_size, 1).repeat_interleave(model_patch_size, 2).unsqueeze(1)
+    batch, rows, cols = mask.shape
+    p = model_patch_size
+    return mask[:, :, None, :, None].expand(batch, rows, p, cols, p).reshape(batch, 1, rows * p, cols * p)
