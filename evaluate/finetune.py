@@ -83,8 +83,11 @@ def param_groups(model: Classifier, weight_decay: float, layer_decay: float) -> 
 
 def run_finetune(config: FinetuneConfig) -> dict:
     """Finetune one checkpoint; writes OUT/finetune.json (+ config, weights) and returns the result."""
+    from torch.nn.parallel import DistributedDataParallel
+
     from kamim.train.checkpoint import load_pretrained
     from kamim.train.device import resolve_device
+    from kamim.train.distributed import rank_loader
 
     if config.latest == bool(config.checkpoint):
         raise UserError("give exactly one of --checkpoint RUN_DIR|FILE and --latest")
@@ -95,9 +98,10 @@ def run_finetune(config: FinetuneConfig) -> dict:
     val_ds = open_dataset(config.dataset, "val", config.data_root)
     out_dir = Path(config.out) if config.out else default_out_dir(checkpoint, "finetune")
     config = dataclasses.replace(config, out=str(out_dir))
-    print(format_config(config), flush=True)
-    save_config(config, out_dir / "finetune_config.json")
-    device = resolve_device(config.device, config.precision)
+    device = resolve_device(config.device, config.precision)  # joins the process group under torchrun
+    if device.is_main:  # under torchrun every rank trains, only rank 0 prints and writes
+        print(format_config(config), flush=True)
+        save_config(config, out_dir / "finetune_config.json")
     torch.manual_seed(config.seed)
     img_size, num_classes = int(info.get("img_size", 192)), len(train_ds.classes)
     model = Classifier(mim.encoder, num_classes).to(device.device)
@@ -105,12 +109,16 @@ def run_finetune(config: FinetuneConfig) -> dict:
     loader = make_loader(train_ds, original_train_transform(img_size), min(config.batch_size, len(train_ds)),
                          config.workers, shuffle=True, drop_last=True, seed=config.seed)
     val_loader = make_loader(val_ds, eval_transform(img_size, "squash"), config.eval_batch_size, config.workers)
+    loader = rank_loader(loader, device, config.seed)  # DistributedSampler over the ranks (torchrun)
+    train_model = DistributedDataParallel(model) if device.world > 1 else model
     steps = len(loader)
     schedule = cosine_schedule(optimizer, config.epochs * steps, config.warmup_epochs * steps, config.lr_min,
                                config.lr_min, cosine_steps=max(1, config.epochs - config.warmup_epochs) * steps)
     mix, criterion = mixup_cutmix(num_classes, config.mixup), SoftTargetCrossEntropy()
     start, step, best, history = time.perf_counter(), 0, 0.0, []
-    for epoch in tqdm(range(config.epochs), desc="finetune"):
+    for epoch in tqdm(range(config.epochs), desc="finetune", disable=not device.is_main):
+        if device.world > 1:
+            loader.sampler.set_epoch(epoch)
         model.train()
         for images, labels in loader:
             images, labels = images.to(device.device), labels.to(device.device)
@@ -121,7 +129,7 @@ def run_finetune(config: FinetuneConfig) -> dict:
             else:
                 targets = nn.functional.one_hot(labels, num_classes).float()
             with device.autocast():
-                loss = criterion(model(images).float(), targets)
+                loss = criterion(train_model(images).float(), targets)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if config.clip_grad:
@@ -139,6 +147,8 @@ def run_finetune(config: FinetuneConfig) -> dict:
         "checkpoint": str(checkpoint), "model": info.get("model"), "dataset": config.dataset,
         "seconds": time.perf_counter() - start, "history": history,
     }
+    if not device.is_main:  # every rank evaluated the whole val set, so all return the same result
+        return result
     save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
               str(out_dir / "finetuned.safetensors"))
     write_json(out_dir / "finetune.json", result)

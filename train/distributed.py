@@ -84,3 +84,16 @@ def rank_share(count: int, rank: int, world: int) -> slice:
     """
     usable = count - count % world
     return slice(rank, usable, world)
+
+
+def rank_loader(loader: torch.utils.data.DataLoader, device: Device, seed: int, shuffle: bool = True,
+                drop_last: bool = True) -> torch.utils.data.DataLoader:
+    """``loader`` with its dataset dealt over the ranks by a ``DistributedSampler`` (call
+    ``loader.sampler.set_epoch(epoch)`` every epoch to reshuffle); ``loader`` itself for one process."""
+    if device.world == 1:
+        return loader
+    sampler = torch.utils.data.DistributedSampler(loader.dataset, num_replicas=device.world, rank=device.rank,
+                                                  shuffle=shuffle, seed=seed, drop_last=drop_last)
+    return torch.utils.data.DataLoader(loader.dataset, batch_size=loader.batch_size, sampler=sampler,
+                                       drop_last=loader.drop_last, num_workers=loader.num_workers,
+                                       persistent_workers=loader.num_workers > 0, collate_fn=loader.collate_fn)
