@@ -130,3 +130,16 @@ def test_bad_weights_flags(data, tmp_path, extra, words):
     out = tmp_path / "w"
     assert_one_line_error(invoke_kamim("weights", str(image), "--out", str(out), *extra), words)
     assert not (out / "weights.npy").exists()
+
+
+@pytest.mark.parametrize("verb", ["linprobe", "finetune", "analyze reconstruction", "analyze attention-distance"])
+@pytest.mark.parametrize("damage", ["torn", "empty", "not-a-checkpoint"])
+def test_evaluation_verbs_refuse_a_damaged_checkpoint(data, tmp_path, verb, damage):
+    good = checkpoint_claiming(tmp_path, {"depth": 1, "embed_dim": 32, "num_heads": 2},
+                               {"depth": 1, "embed_dim": 32, "num_heads": 2})
+    path = tmp_path / "damaged.pt"
+    path.write_bytes({"torn": good.read_bytes()[: good.stat().st_size // 2], "empty": b"",
+                      "not-a-checkpoint": b"PK\x03\x04 not a zip"}[damage])
+    proc = invoke_kamim(*verb.split(), "--checkpoint", str(path), "--dataset", "folder", "--data-root", str(data[0]),
+                        "--device", "cpu", "--out", str(tmp_path / "out"))
+    assert_one_line_error(proc, "damaged.pt")
