@@ -68,7 +68,7 @@ def run(cfg: LoaderBenchConfig) -> dict:
 def config(quick: bool = False) -> LoaderBenchConfig:
     cfg = LoaderBenchConfig(quick=quick)
     if quick:
-        cfg.batches, cfg.skip, cfg.repetitions, cfg.batch_size = 3, 1, 2, 16
+        cfg.sources, cfg.batches, cfg.skip, cfg.repetitions, cfg.batch_size = ("large",), 3, 1, 2, 16
     return cfg
 
 

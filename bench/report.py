@@ -93,11 +93,13 @@ def detail_tables(records: dict[str, dict]) -> list[str]:
                                                                      for k, v in r.items()) + "."]
     if "gpu" in records:
         g = records["gpu"]
-        out += ["", f"GPU ({g['machine'].get('gpu', g.get('device'))}): {g['model']} {g['precision']} batch "
-                f"{g['batch_size']}: " + ", ".join(f"{m} {_num(v['images_per_s'])} img/s (MFU {v['mfu'] * 100:.1f}%)"
-                                                   for m, v in g["step"].items() if v.get("mfu") is not None)
-                + "; loader on large photos with " + f"{g['loader']['workers']} workers: "
-                + ", ".join(f"{k} {_num(v)} img/s" for k, v in g["loader"]["images_per_s"].items()) + "."]
+        steps = ", ".join(f"{m} {_num(v['images_per_s'])} img/s"
+                          + (f" (MFU {v['mfu'] * 100:.1f}%)" if v.get("mfu") is not None else "")
+                          for m, v in g["step"].items())
+        loader = ", ".join(f"{k} {_num(v)} img/s" for k, v in g["loader"]["images_per_s"].items())
+        out += ["", f"GPU ({g['device']}): {g['model']} {g['precision']}, batch {g['batch_size']}: {steps}; "
+                f"the weighting alone {g['weighting_ms']:.2f} ms. Loader on the large photos with "
+                f"{g['loader']['workers']} workers: {loader}."]
     return out
 
 

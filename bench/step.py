@@ -121,7 +121,7 @@ def run(cfg: StepBenchConfig) -> dict:
 def config(quick: bool = False) -> StepBenchConfig:
     cfg = StepBenchConfig(quick=quick)
     if quick:
-        cfg.steps, cfg.warmup_steps, cfg.repetitions, cfg.weighting_calls = 2, 1, 2, 5
+        cfg.batch_size, cfg.steps, cfg.warmup_steps, cfg.repetitions, cfg.weighting_calls = 8, 1, 1, 2, 5
     return cfg
 
 
