@@ -103,6 +103,10 @@ def test_online_mode_trains_a_swin(folder, tmp_path):
         (["--temperature", "warm"], "--temperature 'warm'"),
         (["--model", "vit_x"], "--model vit_x"),
         (["--override", "depth"], "--override 'depth'"),
+        (["--override", "depths=1,1"], "does not take override"),
+        (["--weight-ps", "64"], "--weight-ps 64"),
+        (["--device", "tpu"], "--device tpu"),
+        (["--batch-size", "0"], "--batch-size"),
     ],
 )
 def test_bad_flags_give_one_line_errors(flags, message, tmp_path):
