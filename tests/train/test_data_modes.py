@@ -1,0 +1,40 @@
+"""Loader samples per mode: the cache's points for the same image index, moved with the crop; the original's map."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from train_helpers import make_folder
+
+from kamim.cache import open_cache
+from kamim.datasets import open_dataset
+from kamim.preprocess.build import CacheConfig, build_cache
+from kamim.preprocess.detect import detect_keypoints
+from kamim.preprocess.raster import ring_map_opencv
+from kamim.train.augment import crop_points, sample_crop, sample_seed, seeded
+from kamim.train.data import PretrainSamples, collate
+
+
+def test_cached_and_online_samples_carry_this_images_keypoints(tmp_path):
+    root = make_folder(tmp_path / "data", count=4)
+    # detect size = the images' shorter side: the cache holds exactly the full-image detections
+    cache_dir = build_cache(CacheConfig(dataset="folder", data_root=str(root), detector="fast", detect_size=120,
+                                        workers=1, out=str(tmp_path / "c.zarr")))
+    dataset = open_dataset("folder", "train", str(root))
+    cached = PretrainSamples(dataset, "cached", 16, seed=7, cache=open_cache(cache_dir))
+    online = PretrainSamples(dataset, "online", 4, seed=7, detector="fast")
+    assert list(cached.usable_indices()) == [0, 1, 2, 3]
+    for index in (3, 1):
+        image = dataset[index][0]
+        with seeded(sample_seed(7, 2, index)):
+            crop = sample_crop(*image.shape[:2])
+        expected = crop_points(detect_keypoints(image, "fast"), crop)
+        sample = cached[(2, index)]
+        assert len(expected) > 10 and np.array_equal(np.sort(sample["points"].numpy(), 0), np.sort(expected, 0))
+        assert sample["mask"].shape == (12, 12) and int(sample["mask"].sum()) == 22 * 4
+        same = online[(2, index)]  # same seed, epoch, index: same crop, mask on the Swin grid
+        assert torch.equal(same["image"], sample["image"]) and same["mask"].shape == (48, 48)
+        view = np.ascontiguousarray(same["image"].permute(1, 2, 0).numpy())
+        assert np.array_equal(same["map"].numpy(), ring_map_opencv(detect_keypoints(view, "fast"), 192))
+    batch = collate([cached[(0, i)] for i in range(4)])
+    assert batch["image"].dtype == torch.uint8 and batch["points"].shape[0] == 4 and batch["counts"].min() > 0
