@@ -160,43 +160,47 @@ def ring_map(points: np.ndarray, size: int | tuple[int, int] = 192) -> np.ndarra
 _torch_tables: dict = {}
 
 
-def _offsets_on(device):  # noqa: ANN001, ANN202
+def _flat_offsets_on(device, width: int):  # noqa: ANN001, ANN202
+    """Per stamp, its 'on' pixels as flat offsets ``dy * width + dx`` (int32) and their validity."""
     import torch
 
-    key = str(device)
+    key = (str(device), width)
     if key not in _torch_tables:
         dy, dx, valid = stamp_offsets()
-        _torch_tables[key] = tuple(torch.as_tensor(a, device=device) for a in (dy, dx, valid))
+        flat = dy.astype(np.int32) * width + dx.astype(np.int32)
+        _torch_tables[key] = (torch.as_tensor(flat, device=device), torch.as_tensor(valid, device=device))
     return _torch_tables[key]
 
 
 def ring_maps_torch(points, counts, size: int | tuple[int, int] = 192):  # noqa: ANN001, ANN201
     """Batched ring maps on the points' device: points [B, P, 2] (x, y), counts [B] -> float32 [B, H, W].
 
-    Static shapes only (points beyond ``counts`` or outside the canvas are routed to a spare slot that
-    is dropped), so it traces well on XLA as well as on CUDA and CPU.
+    Static shapes only (points beyond ``counts`` or too far outside the canvas are routed to a spare
+    slot that is dropped), so it traces well on XLA as well as on CUDA and CPU. A border state's stamp
+    holds only in-canvas pixels (it was measured on a clipped canvas), so no per-pixel bounds test is
+    needed and a flat offset never wraps to the next row.
     """
     import torch
 
     height, width = (size, size) if isinstance(size, int) else size
+    if min(height, width) < MIN_SIZE:
+        raise ValueError(f"ring maps need a canvas of at least {MIN_SIZE} px, got {height}x{width}")
     batch, num_points = points.shape[:2]
     device = points.device
-    dy, dx, valid = _offsets_on(device)
-    # float32 like OpenCV (cvRound(pt.x * 16) on a float): x16 is exact in float32, and TPUs lack float64.
-    fixed = torch.round(points.to(torch.float32) * SUBPIXEL).to(torch.int64)  # round-half-even like cvRound
+    offsets, valid = _flat_offsets_on(device, width)
+    # float32/int32 like OpenCV (cvRound(pt.x * 16) on a float; x16 is exact); TPUs lack float64.
+    fixed = torch.round(points.to(torch.float32) * SUBPIXEL).to(torch.int32)  # round-half-even like cvRound
     # Floor division, not >> 4: torch_xla 2.9 shifts negative integers towards zero.
-    ix, iy = fixed[..., 0].div(SUBPIXEL, rounding_mode="floor"), fixed[..., 1].div(SUBPIXEL, rounding_mode="floor")
+    ix = fixed[..., 0].div(SUBPIXEL, rounding_mode="floor")
+    iy = fixed[..., 1].div(SUBPIXEL, rounding_mode="floor")
     sx, sy = _axis_state(ix, width, torch), _axis_state(iy, height, torch)
-    present = torch.arange(num_points, device=device)[None, :] < counts.to(device)[:, None]
+    present = torch.arange(num_points, device=device, dtype=torch.int32)[None, :] < counts.to(device)[:, None]
     present = present & (sx >= 0) & (sy >= 0)
     stamp = _stamp_index(sy.clamp(min=0), sx.clamp(min=0), fixed[..., 1] & 15, fixed[..., 0] & 15)  # [B, P]
-    ys = iy[..., None] + dy[stamp].long()  # [B, P, K]
-    xs = ix[..., None] + dx[stamp].long()
-    keep = valid[stamp] & present[..., None] & (ys >= 0) & (ys < height) & (xs >= 0) & (xs < width)
-    image = torch.arange(batch, device=device)[:, None, None]
-    flat = (image * height + ys) * width + xs
+    base = (torch.arange(batch, device=device, dtype=torch.int32)[:, None] * height + iy) * width + ix
+    flat = base[..., None] + offsets[stamp]  # [B, P, K]
     spare = batch * height * width
-    flat = torch.where(keep, flat, torch.full_like(flat, spare))
+    flat = torch.where(valid[stamp] & present[..., None], flat, spare)
     out = torch.zeros(spare + 1, dtype=torch.float32, device=device)
-    out.scatter_(0, flat.reshape(-1), 1.0)
+    out.scatter_(0, flat.reshape(-1).long(), 1.0)
     return out[:spare].reshape(batch, height, width)
