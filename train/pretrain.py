@@ -25,7 +25,7 @@ from .distributed import broadcast_object, main_first, mean_across_ranks
 from .engine import LossSpec, train_steps
 from .models import MODELS, build_model
 from .observe import MetricsLog, save_grid
-from .setup import open_training_cache, parse_overrides, resume_mismatches
+from .setup import is_wds_cache, open_training_cache, parse_overrides, resume_mismatches
 from .wds_stream import wds_batches_per_epoch, wds_loader
 from .weighting import WEIGHT_PATCH_SIZES
 
@@ -160,15 +160,16 @@ def run_pretrain(cfg: PretrainConfig) -> Path:
 
     from kamim.datasets import open_dataset
 
-    dataset = open_dataset(cfg.dataset, cfg.split, cfg.data_root)
     mode = "simmim" if cfg.method == "simmim" else cfg.keypoints
+    streamed = mode == "cached" and is_wds_cache(cfg)  # self-contained shards: no dataset needed
+    dataset = None if streamed else open_dataset(cfg.dataset, cfg.split, cfg.data_root)
     with main_first(device):  # rank 0 builds a missing cache; the others then open it
         cache = open_training_cache(cfg, dataset, log) if mode == "cached" else None
-    streamed = cache is not None and cache.manifest["format"] == "wds"
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, IMG_SIZE, **cfg.overrides).to(device.device)
-    samples = PretrainSamples(dataset, mode, model.patch_size, cfg.seed, cache, cfg.detector, cfg.gray, IMG_SIZE)
-    indices = samples.usable_indices()
+    samples = None if streamed else PretrainSamples(dataset, mode, model.patch_size, cfg.seed, cache, cfg.detector,
+                                                    cfg.gray, IMG_SIZE)
+    indices = np.arange(len(cache)) if streamed else samples.usable_indices()
     try:
         batches_per_epoch = (wds_batches_per_epoch(len(cache), cfg.batch_size, device.world) if streamed else
                              EpochBatches(indices, cfg.batch_size, cfg.seed, 0, device.rank, device.world).batches_per_epoch)

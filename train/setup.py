@@ -36,6 +36,16 @@ def resume_mismatches(saved: dict[str, Any], current: dict[str, Any]) -> dict[st
     return {k: (saved.get(k), current.get(k)) for k in sorted(keys) if saved.get(k) != current.get(k)}
 
 
+def is_wds_cache(cfg: Any) -> bool:
+    """``--cache`` names a complete webdataset cache: its shards carry the images, so training from it
+    needs neither the dataset's files nor its fingerprint check (the manifest names the dataset)."""
+    if not cfg.cache or not (Path(cfg.cache) / "manifest.json").is_file():
+        return False
+    from kamim.cache.manifest import read_manifest
+
+    return read_manifest(cfg.cache)["format"] == "wds"
+
+
 def open_training_cache(cfg: Any, dataset: Any, log: Callable[..., None]) -> Any:
     """The cache for ``cfg`` (``--cache`` or the default location, built there first if absent), checked
     against the dataset's fingerprint and the requested detector."""
@@ -61,6 +71,10 @@ def open_training_cache(cfg: Any, dataset: Any, log: Callable[..., None]) -> Any
             flag = key.replace("_", "-")
             raise UserError(f"--cache {path} was built with {key} {manifest[key]} but --{flag} is {wanted}; "
                             f"pass --{flag} {manifest[key]} or another cache")
-    cache.check_dataset(dataset)
+    if dataset is not None:
+        cache.check_dataset(dataset)
+    elif (manifest["dataset"]["name"], manifest["dataset"]["split"]) != (cfg.dataset, cfg.split):
+        raise UserError(f"--cache {path} holds {manifest['dataset']['name']} {manifest['dataset']['split']}, not "
+                        f"--dataset {cfg.dataset} --split {cfg.split}; pass those or another cache")
     log(f"keypoint cache {path} ({manifest['detector']}, detect size {manifest['detect_size']})", err=True)
     return cache

@@ -4,13 +4,16 @@ batch counts per rank, and a real 2-rank torchrun pretraining from a wds cache."
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+import sys
 import threading
 from itertools import islice
 
 import numpy as np
 import pytest
 import torch
-from scaleout_helpers import TINY, make_photo_folder, photo_crop, run_kamim
+from scaleout_helpers import TINY, environment, make_photo_folder, photo_crop, run_kamim
 
 from kamim.cache.wds_store import encode_sample, write_shard
 from kamim.train.wds_stream import WdsPretrainStream
@@ -77,11 +80,14 @@ def test_torchrun_pretrains_from_a_wds_cache_with_uneven_shards(tmp_path):  # no
                "--block-size", "3", "--workers", "1", "--out", str(cache)], tmp_path)
     manifest = json.loads((cache / "manifest.json").read_text())
     assert len(manifest["shards"]) == 3  # 3 + 3 + 1 samples
+    shutil.rmtree(data)  # the shards are self-contained: training needs no dataset files
     out = tmp_path / "run"
-    result = run_kamim(["pretrain", "--dataset", "folder", "--data-root", str(data), *TINY, "--method", "kamim",
-                        "--keypoints", "cached", "--cache", str(cache), "--workers", "2", "--batch-size", "2",
-                        "--steps", "3", "--save-every", "3", "--grid-every", "0", "--out", str(out)],
-                       tmp_path, nproc=2, timeout=180)
+    args = ["pretrain", *TINY, "--method", "kamim", "--keypoints", "cached", "--cache", str(cache), "--workers", "2",
+            "--batch-size", "2", "--steps", "3", "--save-every", "3", "--grid-every", "0", "--out", str(out)]
+    result = run_kamim([*args, "--dataset", "folder"], tmp_path, nproc=2, timeout=180)
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3] and (out / "model.safetensors").is_file()
     assert "effective batch 4 = 2 x 1 accumulation x 2 rank(s)" in result.stderr
+    wrong = subprocess.run([sys.executable, "-m", "kamim", *args[:-1], str(tmp_path / "other"), "--dataset", "photos"],
+                           cwd=tmp_path, env=environment(tmp_path), capture_output=True, text=True, timeout=120)
+    assert wrong.returncode == 2 and "holds folder train, not --dataset photos" in wrong.stderr
