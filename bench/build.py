@@ -33,11 +33,10 @@ class BuildBenchConfig:
     repetitions: int = 3
 
 
-def _decode_resize_block(src: Source, indices: range, detect_size: int, single_thread: bool) -> int:
+def _decode_resize_block(src: Source, indices: range, detect_size: int) -> int:
     from kamim.preprocess.resize import canonical_resize
 
-    if single_thread:
-        cv2.setNumThreads(1)  # as the builder's workers do
+    cv2.setNumThreads(1)  # as the builder does in every worker (and with --workers 1)
     dataset = src.open()
     for i in indices:
         canonical_resize(dataset[i][0], detect_size)
@@ -47,18 +46,54 @@ def _decode_resize_block(src: Source, indices: range, detect_size: int, single_t
 def decode_resize_rate(src: Source, count: int, block: int, workers: int, detect_size: int) -> float:
     """Images/s of decode + canonical resize alone, split into the same blocks as the build."""
     blocks = [range(s, min(s + block, count)) for s in range(0, count, block)]
+    threads = cv2.getNumThreads()
+    warm_pool(workers)
     began = time.perf_counter()
     if workers == 1:
         for b in blocks:
-            _decode_resize_block(src, b, detect_size, False)
+            _decode_resize_block(src, b, detect_size)
     else:
-        Parallel(n_jobs=workers, backend="loky")(
-            delayed(_decode_resize_block)(src, b, detect_size, True) for b in blocks)
-    return count / (time.perf_counter() - began)
+        Parallel(n_jobs=workers, backend="loky")(delayed(_decode_resize_block)(src, b, detect_size) for b in blocks)
+    seconds = time.perf_counter() - began
+    cv2.setNumThreads(threads)
+    return count / seconds
+
+
+def _burn(n: int) -> int:
+    total = 0
+    for i in range(n):
+        total += i * i
+    return total
+
+
+def burn_rate(workers: int, tasks: int = 8, size: int = 2_000_000) -> float:
+    """Control: pure-Python work per second with 1 or N processes, i.e. how much parallel speed-up the
+    machine can give right now (on a shared machine, far less than N)."""
+    warm_pool(workers)
+    began = time.perf_counter()
+    if workers == 1:
+        for _ in range(tasks):
+            _burn(size)
+    else:
+        Parallel(n_jobs=workers, backend="loky")(delayed(_burn)(size) for _ in range(tasks))
+    return tasks / (time.perf_counter() - began)
+
+
+def _import_builder() -> int:
+    import kamim.preprocess.build  # noqa: F401
+
+    return 0
+
+
+def warm_pool(workers: int) -> None:
+    """Start joblib's reusable loky workers (and their imports) outside the timing: a real build runs
+    for hours, so the pool's start-up (seconds) is no part of its throughput."""
+    if workers > 1:
+        Parallel(n_jobs=workers, backend="loky")(delayed(_import_builder)() for _ in range(2 * workers))
 
 
 def build_rate(src: Source, detector: str, workers: int, block: int, detect_size: int) -> float:
-    """Images/s of a complete build (start to manifest) into a scratch dir."""
+    """Images/s of a complete build (dataset listing to manifest) into a scratch dir."""
     from kamim.preprocess.build import CacheConfig, build_cache
 
     out = cache_root() / "bench" / "scratch" / f"{src.tag}-{detector}-{workers}"
@@ -66,10 +101,13 @@ def build_rate(src: Source, detector: str, workers: int, block: int, detect_size
     cfg = CacheConfig(dataset=src.dataset, split=src.split, data_root=src.data_root, detector=detector,
                       detect_size=detect_size, out=str(out), workers=workers, block_size=block)
     sink = io.StringIO()
+    threads = cv2.getNumThreads()
+    warm_pool(workers)
     began = time.perf_counter()
     with contextlib.redirect_stderr(sink), contextlib.redirect_stdout(sink):
         build_cache(cfg)
     seconds = time.perf_counter() - began
+    cv2.setNumThreads(threads)  # the in-process build leaves OpenCV single-threaded
     return read_manifest(out)["status_counts"]["ok"] / seconds
 
 
@@ -97,6 +135,7 @@ def build_variants(src: Source, count: int, block: int, cfg: BuildBenchConfig) -
                 for w in cfg.worker_counts}
     variants |= {f"{d}-w{w}": (lambda d=d, w=w: build_rate(src, d, w, block, cfg.detect_size))
                  for d in cfg.detectors for w in cfg.worker_counts}
+    variants |= {f"cpu-control-w{w}": (lambda w=w: burn_rate(w)) for w in cfg.worker_counts}
     return variants
 
 
@@ -124,6 +163,9 @@ def run(cfg: BuildBenchConfig) -> dict:
         decode = {w: median(samples[f"decode+resize-w{w}"]) for w in cfg.worker_counts}
         ratios.append(ratio_entry(f"build {tag} decode+resize {w2} workers/{w1} worker",
                                   paired_ratio(samples[f"decode+resize-w{w2}"], samples[f"decode+resize-w{w1}"]), None))
+        ratios.append(ratio_entry(f"build {tag} control: pure-Python work {w2} processes/{w1}",
+                                  paired_ratio(samples[f"cpu-control-w{w2}"], samples[f"cpu-control-w{w1}"]), None,
+                                  note="the speed-up this machine could give at the time"))
         size = sizes(src, cfg.detectors, cfg.detect_size)
         if tag == "large":
             ratios.append(ratio_entry("size large FAST zarr KB/image (detect 256)",
@@ -132,8 +174,8 @@ def run(cfg: BuildBenchConfig) -> dict:
                         "detectors": per_detector, "decode_resize_images_per_s": decode, "bytes": size}
     shutil.rmtree(cache_root() / "bench" / "scratch", ignore_errors=True)
     payload = {"results": results, "ratios": ratios,
-               "note": "1 worker builds in-process (OpenCV may use its own threads there); "
-                       "N workers are joblib loky processes with OpenCV single-threaded"}
+               "note": "1 worker builds in-process, N workers in joblib loky processes (started before the "
+                       "timing); OpenCV single-threaded in both, as the builder sets it"}
     write_result("build", cfg, payload, began)
     return payload
 
