@@ -67,16 +67,19 @@ def tiled_batch(batch: dict, size: int) -> dict:
 
 
 def fits(model_fn, device, cfg: GpuBenchConfig, batch: dict) -> bool:  # noqa: ANN001
-    """Can a kamim step (the larger of the two) run at this batch size?"""
+    """Can both trainers (simmim and kamim, each with its model and AdamW state, as the timing holds
+    them) take a step at this batch size?"""
+    trainers = []
     try:
-        steps = make_trainer(model_fn(), device, "kamim", cfg, batch)
-        next(steps)
+        for method in ("simmim", "kamim"):
+            trainers.append(make_trainer(model_fn(), device, method, cfg, batch))
+            next(trainers[-1])
         device.synchronize()
         return True
-    except torch.OutOfMemoryError:
+    except torch.cuda.OutOfMemoryError:
         return False
     finally:
-        steps = None
+        trainers.clear()
         if device.kind == "cuda":
             torch.cuda.empty_cache()
 
