@@ -68,6 +68,8 @@ def pretrain(**options) -> None:  # noqa: ANN003
       kamim pretrain --model vit_b --method simmim --dataset imagenet --batch-size 256 --accumulation 8
       kamim pretrain --model vit_b --keypoints online --detector sift     # the original's per-crop path
       kamim pretrain --out runs/my-run --resume                           # continue after a stop
+      torchrun --nproc-per-node 8 -m kamim pretrain --model vit_b --batch-size 256   # DDP, 8 GPUs
+      python -m kamim.train.xla_launch pretrain --model vit_b --batch-size 128       # every TPU device
     """
     from .pretrain import config_from_options, run_pretrain
 
