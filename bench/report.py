@@ -120,7 +120,8 @@ def section(records: dict[str, dict], chart: Path | None) -> str:
 
 
 def chart(records: dict[str, dict], path: Path) -> Path | None:
-    """Horizontal bars: each ratio with a target, the target as a tick; green met, red not met."""
+    """One bar per ratio that has a target, as its margin over the target (value/target for '>=',
+    target/value for '<='): right of the line at 1 is met. Each bar is labelled with the value itself."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -129,15 +130,17 @@ def chart(records: dict[str, dict], path: Path) -> Path | None:
     rows = [r for rec in records.values() for r in rec.get("ratios", []) if r["target"] is not None]
     if not rows:
         return None
-    fig, ax = plt.subplots(figsize=(9, 0.35 * len(rows) + 1.2))
-    y = range(len(rows))
-    ax.barh(list(y), [r["value"] for r in rows], color=["#3a3" if r["met"] else "#c33" for r in rows])
-    ax.scatter([r["target"] for r in rows], list(y), marker="|", s=300, color="k", label="target", zorder=3)
-    ax.set_yticks(list(y), [r["name"] for r in rows], fontsize=7)
+    margins = [r["value"] / r["target"] if r["op"] == ">=" else r["target"] / r["value"] for r in rows]
+    fig, ax = plt.subplots(figsize=(9, 0.32 * len(rows) + 1.3))
+    y = list(range(len(rows)))
+    ax.barh(y, margins, color=["#3a3" if r["met"] else "#c33" for r in rows])
+    ax.axvline(1.0, color="k", linewidth=1)
+    for yi, margin, r in zip(y, margins, rows, strict=True):
+        ax.text(margin, yi, f" {r['value']:.3g} ({r['op']} {r['target']:g})", va="center", fontsize=7)
+    ax.set_yticks(y, [r["name"] for r in rows], fontsize=7)
     ax.invert_yaxis()
-    ax.set_xscale("log")
-    ax.set_xlabel("ratio (log scale); green = target met")
-    ax.legend(loc="lower right", fontsize=7)
+    ax.set_xlim(0, max(max(margins) * 1.35, 1.3))
+    ax.set_xlabel("margin over the target (1 = exactly the target; green = met)")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
