@@ -49,9 +49,9 @@ class GpuBenchConfig:
     warmup_steps: int = 3
     steps: int = 5
     repetitions: int = 3
-    loader_batch: int = 128
-    loader_batches: int = 10
-    loader_skip: int = 3
+    loader_batch: int = 64
+    loader_batches: int = 0  # 0: 3 per worker
+    loader_skip: int = 0  # 0: one per worker + 2 (all workers fill their first batch at once)
     loader_repetitions: int = 2
     workers: int = 0  # 0: all cores
 
@@ -127,6 +127,8 @@ def run(cfg: GpuBenchConfig) -> dict:
     if batch_size is None:
         raise SystemExit(f"no batch size in {cfg.batch_sizes} fits on {name}")
     batch = tiled_batch(sample, batch_size)
+    if cuda:  # as the trainer's DataLoader hands it over (pin_memory=True on cuda)
+        batch = {k: v.pin_memory() for k, v in batch.items()}
     say(f"largest batch that fits: {batch_size}")
     base = model_fn()
     trainers = {m: make_trainer(copy.deepcopy(base), device, m, cfg, batch) for m in ("simmim", "kamim")}
@@ -152,7 +154,7 @@ def run(cfg: GpuBenchConfig) -> dict:
 
     def measure(variant: str, detector: str) -> float:
         loader = build_loader(variant, src, detector, cfg.loader_batch, workers, pin_memory=cuda)
-        return loader_rate(loader, cfg.loader_batches, cfg.loader_skip)
+        return loader_rate(loader, cfg.loader_batches or 3 * workers, cfg.loader_skip or workers + 2)
 
     rates = interleaved({n: (lambda v=v: measure(*v)) for n, v in loaders.items()}, cfg.loader_repetitions, say)
     ratios = [

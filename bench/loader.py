@@ -22,8 +22,8 @@ class LoaderBenchConfig:
     detectors: tuple[str, ...] = ("fast", "sift")
     batch_size: int = 32
     workers: int = 0  # 0: all cores
-    batches: int = 8  # timed batches per measurement
-    skip: int = 2  # untimed batches first (worker start-up)
+    batches: int = 12  # timed batches per measurement
+    skip: int = 3  # untimed batches first (worker start-up, the first parallel fill)
     repetitions: int = 3
 
 
@@ -68,7 +68,7 @@ def run(cfg: LoaderBenchConfig) -> dict:
 def config(quick: bool = False) -> LoaderBenchConfig:
     cfg = LoaderBenchConfig(quick=quick)
     if quick:
-        cfg.sources, cfg.batches, cfg.skip, cfg.repetitions, cfg.batch_size = ("large",), 3, 1, 2, 16
+        cfg.sources, cfg.batches, cfg.skip, cfg.repetitions, cfg.batch_size = ("large",), 6, 2, 2, 16
     return cfg
 
 

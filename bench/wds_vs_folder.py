@@ -20,8 +20,8 @@ class WdsBenchConfig:
     store_size: int = 256
     batch_size: int = 32
     workers: int = 0  # 0: all cores
-    batches: int = 8
-    skip: int = 2
+    batches: int = 12
+    skip: int = 3
     repetitions: int = 3
 
 
@@ -57,7 +57,7 @@ def run(cfg: WdsBenchConfig) -> dict:
 def config(quick: bool = False) -> WdsBenchConfig:
     cfg = WdsBenchConfig(quick=quick)
     if quick:
-        cfg.batches, cfg.skip, cfg.repetitions, cfg.batch_size = 3, 1, 2, 16
+        cfg.batches, cfg.skip, cfg.repetitions, cfg.batch_size = 6, 2, 2, 16
     return cfg
 
 
