@@ -79,3 +79,10 @@ def test_pretrain_through_the_launcher_checkpoints_and_resumes(tmp_path):  # noq
     assert [r["loss"] for r in records] == pytest.approx([r["loss"] for r in expected], rel=1e-4)
     on_xla, on_cpu = load_file(tmp_path / "xla" / "model.safetensors"), load_file(tmp_path / "cpu" / "model.safetensors")
     assert max(float((on_xla[k] - on_cpu[k]).abs().max()) for k in on_cpu) < 1e-4
+
+
+def test_launcher_reports_a_user_error_as_one_line(tmp_path):  # noqa: ANN001
+    result = subprocess.run([sys.executable, "-m", "kamim.train.xla_launch", "pretrain", "--model", "nope"],
+                            cwd=tmp_path, env=environment(tmp_path), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "--model nope: unknown model" in result.stderr
+    assert "Traceback" not in result.stderr
