@@ -15,14 +15,16 @@ On a machine without the project's venv: `python3 -m pip install --no-deps --no-
 from __future__ import annotations
 
 import copy
+import shutil
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import click
 import torch
 
 from .caches import ensure_cache, source
-from .common import cores, interleaved, median, paired_ratio, ratio_entry, summary, write_result
+from .common import cores, interleaved, median, paired_ratio, ratio_entry, results_dir, summary, write_result
 from .large_photos import ensure_large_photos
 from .pipelines import build_loader, loader_rate
 from .step import make_trainer, weighting_ms
@@ -188,9 +190,19 @@ def config(dry_run: bool = False) -> GpuBenchConfig:
 
 @click.command()
 @click.option("--dry-run", is_flag=True, help="Tiny model and batches (CPU if no CUDA): checks the script runs.")
-def main(dry_run: bool) -> None:
-    """Loader and train-step benchmarks on one GPU: vit_b, bf16, largest batch, img/s and MFU."""
+@click.option("--copy-to", type=click.Path(file_okay=False), help="Also copy the JSON into this folder.")
+def main(dry_run: bool, copy_to: str | None) -> None:
+    """Loader and train-step benchmarks on one GPU: vit_b, bf16, largest batch, img/s and MFU.
+
+    \b
+    Examples:
+      python -m bench.gpu --dry-run          # tiny, anywhere
+      python -m bench.gpu --copy-to "$OUT"   # on the GPU machine
+    """
     run(config(dry_run))
+    if copy_to:
+        Path(copy_to).mkdir(parents=True, exist_ok=True)
+        shutil.copy(results_dir(dry_run) / "gpu.json", Path(copy_to) / "gpu.json")
 
 
 if __name__ == "__main__":

@@ -166,8 +166,8 @@ def run(quick: bool = False, readme: Path = REPO / "README.md") -> str:
     records = load(folder)
     path = chart(records, folder / "performance.png")
     text = section(records, path)
-    if quick or not write_readme(text, readme):
-        print(text)  # quick results never go into the README
+    if quick or not records or not write_readme(text, readme):
+        print(text)  # quick results (and an empty results folder) never go into the README
     else:
         print(f"updated the Performance section of {readme}")
     return text
