@@ -56,11 +56,13 @@ def detail_tables(records: dict[str, dict]) -> list[str]:
     if "step" in records:
         rec = records["step"]
         c = rec["config"]
-        out += ["", f"Train step, {c['model']} batch {c['batch_size']} on {rec['device']} ({rec['precision']}), "
-                f"{c['detector'].upper()} points per crop median {rec['points_per_crop']['median']:.0f}: simmim "
-                f"{rec['step_seconds']['simmim']['median'] * 1e3:.0f} ms, kamim-cached "
-                f"{rec['step_seconds']['kamim']['median'] * 1e3:.0f} ms; the weighting alone (ring maps + "
-                f"densities + weights for the batch) {rec['weighting_ms']:.1f} ms."]
+        kamim = "; ".join(
+            f"kamim-cached {d.upper()} {rec['step_seconds'][f'kamim-{d}']['median'] * 1e3:.0f} ms (points per crop "
+            f"median {rec['points_per_crop'][d]['median']:.0f}; the weighting alone {rec['weighting_ms'][d]:.1f} ms)"
+            for d in c["detectors"])
+        out += ["", f"Train step, {c['model']} batch {c['batch_size']} on {rec['device']} ({rec['precision']}): "
+                f"simmim {rec['step_seconds']['simmim']['median'] * 1e3:.0f} ms; {kamim}. The weighting is the "
+                "batch's ring maps + densities + weights, computed where the trainer computes them."]
     if "build" in records:
         for tag, r in records["build"]["results"].items():
             out += ["", f"Cache build on {tag} ({r['images']} images; decode+resize alone "

@@ -26,7 +26,7 @@ class StepBenchConfig:
     device: str = "cpu"
     precision: str = "auto"  # fp32 on cpu, bf16 on cuda
     source: str = "large"  # ImageNet-sized photos: FAST finds the most points per crop there
-    detector: str = "fast"
+    detectors: tuple[str, ...] = ("fast", "sift")  # FAST: ~1,900 points per crop, SIFT: ~500
     weight_ps: int = 8
     temperature: float = 0.25
     steps: int = 3  # timed steps per measurement
@@ -35,9 +35,10 @@ class StepBenchConfig:
     weighting_calls: int = 20
 
 
-def real_batch(cfg: StepBenchConfig) -> dict[str, torch.Tensor]:
-    """One batch from the cached loader (in-process): uint8 images, masks, padded points + counts."""
-    loader = build_loader("cached-zarr", source(cfg.source), cfg.detector, cfg.batch_size, 0)
+def real_batch(cfg: StepBenchConfig, detector: str) -> dict[str, torch.Tensor]:
+    """One batch from the cached loader (in-process): uint8 images, masks, padded points + counts.
+    Same seed, so every detector's batch holds the same crops."""
+    loader = build_loader("cached-zarr", source(cfg.source), detector, cfg.batch_size, 0)
     return next(iter(loader))
 
 
@@ -90,29 +91,33 @@ def run(cfg: StepBenchConfig) -> dict:
 
     began = start(cfg)
     device = resolve_device(cfg.device, cfg.precision)
-    batch = real_batch(cfg)
-    counts = batch["counts"].tolist()
+    batches = {d: real_batch(cfg, d) for d in cfg.detectors}
+    counts = {d: b["counts"].tolist() for d, b in batches.items()}
     log(f"step: {cfg.model} batch {cfg.batch_size} on {device.kind} ({device.precision}); points per crop "
-        f"median {median(counts):.0f}, padded to {batch['points'].shape[1]}")
+        + ", ".join(f"{d} median {median(c):.0f}" for d, c in counts.items()))
     torch.manual_seed(0)
     base = build_model(cfg.model, 192).to(device.device)
-    trainers = {m: make_trainer(copy.deepcopy(base), device, m, cfg, batch) for m in ("simmim", "kamim")}
+    first = batches[cfg.detectors[0]]
+    trainers = {"simmim": make_trainer(copy.deepcopy(base), device, "simmim", cfg, first)}
+    trainers |= {f"kamim-{d}": make_trainer(copy.deepcopy(base), device, "kamim", cfg, b) for d, b in batches.items()}
     for steps in trainers.values():
         time_steps(steps, cfg.warmup_steps, device)
     samples = interleaved({m: (lambda s=s: time_steps(s, cfg.steps, device)) for m, s in trainers.items()},
                           cfg.repetitions, log)
-    weight_ms = weighting_ms(batch, cfg, device, cfg.weighting_calls)
-    ratio = paired_ratio(samples["kamim"], samples["simmim"])
+    weight_ms = {d: weighting_ms(b, cfg, device, cfg.weighting_calls) for d, b in batches.items()}
     simmim_s = median(samples["simmim"])
     payload = {
         "device": device.kind, "precision": device.precision,
-        "points_per_crop": {"median": median(counts), "max": max(counts), "padded": int(batch["points"].shape[1])},
+        "points_per_crop": {d: {"median": median(c), "max": max(c), "padded": int(batches[d]["points"].shape[1])}
+                            for d, c in counts.items()},
         "step_seconds": summary(samples),
         "images_per_s": {m: cfg.batch_size / median(v) for m, v in samples.items()},
-        "weighting_ms": round(weight_ms, 3),
-        "weighting_fraction_of_simmim_step": round(weight_ms / 1e3 / simmim_s, 4),
-        "ratios": [ratio_entry(f"step {cfg.model} kamim-cached/simmim ({device.kind})", ratio, 1.03, False,
-                               note=f"weighting alone {weight_ms:.1f} ms of a {simmim_s * 1e3:.0f} ms step")],
+        "weighting_ms": {d: round(v, 3) for d, v in weight_ms.items()},
+        "weighting_fraction_of_simmim_step": {d: round(v / 1e3 / simmim_s, 4) for d, v in weight_ms.items()},
+        "ratios": [ratio_entry(f"step {cfg.model} kamim-cached/simmim {d} ({device.kind})",
+                               paired_ratio(samples[f"kamim-{d}"], samples["simmim"]), 1.03, False,
+                               note=f"weighting alone {weight_ms[d]:.1f} ms of a {simmim_s * 1e3:.0f} ms step")
+                   for d in cfg.detectors],
     }
     write_result("step", cfg, payload, began)
     return payload
