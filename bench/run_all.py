@@ -1,8 +1,13 @@
 """`make bench`: every CPU benchmark in turn (loader, step, build, fidelity, wds vs folder), each printing
 its ratio lines as it finishes, then the README Performance section and the chart.
 
-    python -m bench.run_all            # full run (the lead runs it on a quiet machine)
-    python -m bench.run_all --quick    # small sizes, a few minutes: checks that everything works
+    python -m bench.run_all                       # full run, ~15-20 min on 2 quiet cores (first run
+                                                  # also writes data/bench-large and caches/bench)
+    python -m bench.run_all --quick               # ~3-6 min: checks that everything works (noisy)
+    python -m bench.run_all --only step --only loader
+
+Full results go to bench/results/NAME.json (commit them) and the README section; quick results to
+bench/results/quick/ (scratch). Timings need a quiet machine; fidelity and sizes do not.
 """
 
 from __future__ import annotations
