@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from kamim.datasets import ImageFolderDataset, open_dataset
-from kamim.photos import load_sources
+from kamim.photos import crop_resized, load_sources, random_crop_box
 
 VERSION = 1
 SEED = 7_500_800
@@ -26,17 +26,8 @@ DEFAULT_ROOT = Path("data/bench-large")
 
 
 def _crop(photo: np.ndarray, rng: np.random.Generator) -> Image.Image:
-    height, width = photo.shape[:2]
-    area = height * width * rng.uniform(0.35, 1.0)
-    aspect = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
-    crop_w = int(min(width, round(np.sqrt(area * aspect))))
-    crop_h = int(min(height, round(np.sqrt(area / aspect))))
-    top = int(rng.integers(0, height - crop_h + 1))
-    left = int(rng.integers(0, width - crop_w + 1))
-    short = int(rng.integers(SHORT_SIDE[0], SHORT_SIDE[1] + 1))
-    scale = short / min(crop_w, crop_h)
-    size = (round(crop_w * scale), round(crop_h * scale))
-    return Image.fromarray(photo[top : top + crop_h, left : left + crop_w]).resize(size, Image.Resampling.BICUBIC)
+    box = random_crop_box(*photo.shape[:2], rng, area=(0.35, 1.0))
+    return crop_resized(photo, box, int(rng.integers(SHORT_SIDE[0], SHORT_SIDE[1] + 1)))
 
 
 def _write(out: Path) -> None:

@@ -25,7 +25,7 @@ from kamim.errors import UserError
 
 from .features import eval_transform, is_swin, make_loader
 from .linprobe import write_json
-from .recipe import cosine_schedule, evaluate_classifier, mixup_cutmix, original_train_transform
+from .recipe import cosine_schedule, evaluate_classifier, mixed_batch, mixup_cutmix, original_train_transform
 from .runs import default_out_dir, latest_run
 
 
@@ -122,12 +122,7 @@ def run_finetune(config: FinetuneConfig) -> dict:
         model.train()
         for images, labels in loader:
             images, labels = images.to(device.device), labels.to(device.device)
-            if len(labels) % 2:  # timm's batch MixUp pairs samples by flipping the batch
-                images, labels = images[:-1], labels[:-1]
-            if mix is not None:
-                images, targets = mix(images, labels)
-            else:
-                targets = nn.functional.one_hot(labels, num_classes).float()
+            images, targets = mixed_batch(images, labels, mix, num_classes)
             with device.autocast():
                 loss = criterion(train_model(images).float(), targets)
             optimizer.zero_grad(set_to_none=True)

@@ -35,7 +35,14 @@ from .features import (
     make_loader,
     save_features,
 )
-from .recipe import cosine_schedule, evaluate_classifier, mixup_cutmix, original_train_transform, topk_correct
+from .recipe import (
+    cosine_schedule,
+    evaluate_classifier,
+    mixed_batch,
+    mixup_cutmix,
+    original_train_transform,
+    topk_correct,
+)
 from .runs import default_out_dir, latest_run, pick_device
 
 RECIPES = ("fast", "original")
@@ -193,12 +200,7 @@ def train_original_recipe(probe: FrozenProbe, train_ds, val_ds, config: Linprobe
         probe.head.train()
         for images, labels in loader:
             images, labels = images.to(device), labels.to(device)
-            if len(labels) % 2:  # timm's batch MixUp pairs samples by flipping the batch
-                images, labels = images[:-1], labels[:-1]
-            if mix is not None:
-                images, targets = mix(images, labels)
-            else:
-                targets = nn.functional.one_hot(labels, num_classes).float()
+            images, targets = mixed_batch(images, labels, mix, num_classes)
             loss = criterion(probe(images), targets)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

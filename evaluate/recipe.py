@@ -35,6 +35,16 @@ def mixup_cutmix(num_classes: int, alpha: float = 1.0) -> Mixup | None:
                  label_smoothing=0.0, num_classes=num_classes)
 
 
+def mixed_batch(images: torch.Tensor, labels: torch.Tensor, mix: Mixup | None,
+                num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The original's per-batch MixUp/CutMix (soft targets), or one-hot targets when ``mix`` is None."""
+    if len(labels) % 2:  # timm's batch MixUp pairs samples by flipping the batch
+        images, labels = images[:-1], labels[:-1]
+    if mix is not None:
+        return mix(images, labels)
+    return images, nn.functional.one_hot(labels, num_classes).float()
+
+
 def cosine_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int, lr_min: float,
                     warmup_lr: float, cosine_steps: int | None = None) -> CosineLRScheduler:
     """Per-optimiser-step cosine with a linear warmup that overlaps its start (timm, as the original).

@@ -59,18 +59,29 @@ def load_sources() -> list[tuple[str, np.ndarray]]:
     return sources
 
 
-def _random_crop(photo: np.ndarray, rng: np.random.Generator) -> Image.Image:
-    height, width = photo.shape[:2]
-    area = height * width * rng.uniform(0.08, 0.4)
+def random_crop_box(height: int, width: int, rng: np.random.Generator,
+                    area: tuple[float, float]) -> tuple[int, int, int, int]:
+    """(top, left, crop height, crop width): a fraction ``area`` of the photo, aspect 3/4 to 4/3."""
+    target = height * width * rng.uniform(*area)
     aspect = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
-    crop_w = int(min(width, round(np.sqrt(area * aspect))))
-    crop_h = int(min(height, round(np.sqrt(area / aspect))))
+    crop_w = int(min(width, round(np.sqrt(target * aspect))))
+    crop_h = int(min(height, round(np.sqrt(target / aspect))))
     top = int(rng.integers(0, height - crop_h + 1))
     left = int(rng.integers(0, width - crop_w + 1))
-    crop = Image.fromarray(photo[top : top + crop_h, left : left + crop_w])
-    scale = OUTPUT_SHORT_SIDE / min(crop_w, crop_h)
+    return top, left, crop_h, crop_w
+
+
+def crop_resized(photo: np.ndarray, box: tuple[int, int, int, int], short_side: int) -> Image.Image:
+    """The crop ``box`` of ``photo``, resized (bicubic) so its shorter side is ``short_side``."""
+    top, left, crop_h, crop_w = box
+    scale = short_side / min(crop_w, crop_h)
     size = (max(1, round(crop_w * scale)), max(1, round(crop_h * scale)))
-    return crop.resize(size, Image.Resampling.BICUBIC)
+    return Image.fromarray(photo[top : top + crop_h, left : left + crop_w]).resize(size, Image.Resampling.BICUBIC)
+
+
+def _random_crop(photo: np.ndarray, rng: np.random.Generator) -> Image.Image:
+    box = random_crop_box(*photo.shape[:2], rng, area=(0.08, 0.4))
+    return crop_resized(photo, box, OUTPUT_SHORT_SIDE)
 
 
 def build_photos(out_dir: Path, counts: dict[str, int] | None = None) -> None:
