@@ -52,6 +52,36 @@ def decode_points(codes: np.ndarray, steps: int) -> np.ndarray:
     return np.stack([qx, qy], axis=1).astype(np.float64) / steps
 
 
+def decode_ragged(codes: np.ndarray, offsets: np.ndarray, steps: int) -> np.ndarray:
+    """All images at once: uint16 [M,2] codes of consecutive images (``offsets`` [N+1]) -> float64 [M,2]
+    at detect size, equal to ``decode_points`` image by image (each image's first code is absolute)."""
+    codes = np.asarray(codes).reshape(-1, 2).astype(np.int64)
+    if len(codes) == 0:
+        return np.zeros((0, 2), dtype=np.float64)
+    offsets = np.asarray(offsets, dtype=np.int64)
+    image_start = np.zeros(len(codes), dtype=bool)
+    image_start[offsets[:-1][offsets[:-1] < offsets[1:]]] = True
+    index = np.arange(len(codes))
+    dx, dy = codes[:, 0], codes[:, 1]
+    running_y = np.cumsum(dy)
+    first = np.maximum.accumulate(np.where(image_start, index, 0))
+    qy = running_y - running_y[first] + dy[first]
+    running_x = np.cumsum(dx)
+    start = np.maximum.accumulate(np.where(image_start | (dy != 0), index, 0))
+    qx = running_x - running_x[start] + dx[start]
+    return np.stack([qx, qy], axis=1).astype(np.float64) / steps
+
+
+def to_source(points: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """Points in resized-image pixels -> source-image pixels (pixel-centre convention), float32."""
+    return ((np.asarray(points, np.float64) + 0.5) / scale - 0.5).astype(np.float32)
+
+
+def from_source(points: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """Points in source-image pixels -> resized-image pixels (pixel-centre convention), float32."""
+    return ((np.asarray(points, np.float64) + 0.5) * scale - 0.5).astype(np.float32)
+
+
 def quantise(points: np.ndarray, steps: int) -> np.ndarray:
     """What the cache will give back for ``points`` (sorted by y, then x): for tests and benchmarks."""
     return decode_points(encode_points(points, steps), steps)

@@ -17,8 +17,7 @@ from zarr.codecs import BloscCodec
 
 from kamim.cache.manifest import STATUS_OK, check_dataset, read_manifest
 from kamim.cache.parts import Block
-from kamim.cache.points import POINT_DTYPE, decode_points
-from kamim.preprocess.resize import to_source
+from kamim.cache.points import POINT_DTYPE, decode_points, decode_ragged, to_source
 
 POINT_CHUNK = 16_384  # rows per inner chunk (64 KiB raw): most images' points lie in one chunk
 POINT_SHARD = POINT_CHUNK * 256  # rows per shard file (16 MiB raw)
@@ -107,8 +106,16 @@ class ZarrCache:
         self._scale = np.asarray(group["scale"][:])
         self._status = np.asarray(group["status"][:])
         points = group["points"]
-        # Small caches live in RAM (a zarr read costs ~1 ms); large ones are read per image.
+        # Small caches live in RAM (a zarr read costs ~1 ms); large ones are read per image. When the
+        # decoded source-pixel points fit too, decode them once here: the loader's per-image cost is
+        # then a slice (the decode is most of the keypoint path's cost per sample).
         self._points = points[:] if points.nbytes <= self.preload_bytes else points
+        self._source = None
+        if points.shape[0] * 8 <= self.preload_bytes and not isinstance(self._points, zarr.Array):
+            image_of_point = np.repeat(np.arange(len(self._offsets) - 1), np.diff(self._offsets))
+            decoded = to_source(decode_ragged(self._points, self._offsets, self.steps), self._scale[image_of_point])
+            decoded.flags.writeable = False
+            self._source = decoded
         self._pid = os.getpid()
 
     def _check_index(self, index: int) -> int:
@@ -126,6 +133,10 @@ class ZarrCache:
 
     def points(self, index: int) -> np.ndarray:
         """float32 [N,2] (x, y) in source-image pixels (pixel centres at integers); [0,2] for bad images."""
+        self._open()
+        if self._source is not None:
+            index = self._check_index(index)
+            return self._source[self._offsets[index] : self._offsets[index + 1]]
         points = self.detect_points(index)
         return to_source(points, self._scale[index]) if len(points) else points.astype(np.float32)
 

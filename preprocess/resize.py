@@ -35,11 +35,7 @@ def canonical_resize(image: np.ndarray, detect_size: int) -> tuple[np.ndarray, n
     return resized, scale
 
 
-def to_source(points: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    """Points in resized-image pixels -> source-image pixels (pixel-centre convention), float32."""
-    return ((np.asarray(points, np.float64) + 0.5) / scale - 0.5).astype(np.float32)
 
 
-def from_source(points: np.ndarray, scale: np.ndarray) -> np.ndarray:
-    """Points in source-image pixels -> resized-image pixels (pixel-centre convention), float32."""
-    return ((np.asarray(points, np.float64) + 0.5) * scale - 0.5).astype(np.float32)
+# The coordinate convention between detect-size and source pixels is part of the cache's contract.
+from kamim.cache.points import from_source, to_source  # noqa: E402, F401

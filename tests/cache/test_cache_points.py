@@ -41,3 +41,15 @@ def test_largest_side_fits_the_code():
     points = np.array([[side - 1, side - 1], [0.0, 0.0]])
     decoded = decode_points(encode_points(points, 8), 8)
     np.testing.assert_allclose(decoded, [[0, 0], [side - 1, side - 1]])
+
+
+def test_ragged_decode_equals_per_image_decode():
+    from kamim.cache.points import decode_ragged
+
+    rng = np.random.default_rng(5)
+    images = [rng.uniform(0, 300, size=(n, 2)) for n in (0, 1, 7, 0, 250, 3)]
+    codes = [encode_points(p, 8) for p in images]
+    offsets = np.concatenate([[0], np.cumsum([len(c) for c in codes])])
+    joined = decode_ragged(np.concatenate(codes), offsets, 8)
+    for i, c in enumerate(codes):
+        np.testing.assert_array_equal(joined[offsets[i] : offsets[i + 1]], decode_points(c, 8))
