@@ -44,6 +44,18 @@ def run(cfg: GpuBenchConfig) -> dict:
         batch = {k: v.pin_memory() for k, v in batch.items()}
     torch.manual_seed(0)
     base = build_model(cfg.model, 192, **cfg.overrides).to(device.device)
+    # Same numbers either way: the side stream only changes when the weights are drawn.
+    spec = engine.LossSpec("kamim", cfg.weight_ps, cfg.temperature, 192, base.patch_size)
+    on_device = device.to(batch)
+    losses = {}
+    with torch.no_grad():
+        for flag in (True, False):
+            engine.OVERLAP_WEIGHTS = flag
+            losses[flag] = float(engine.micro_batch(base, on_device, spec, device)[0])
+    say(f"loss with weights on the side stream {losses[True]:.6f}, on the main stream {losses[False]:.6f}")
+    if abs(losses[True] - losses[False]) > 1e-6 * max(1.0, abs(losses[False])):
+        raise SystemExit("side-stream weights changed the loss")
+    del on_device
     variants = {"simmim": ("simmim", False), "kamim-side-stream": ("kamim", True), "kamim-main-stream": ("kamim", False)}
     trainers = {v: make_trainer(copy.deepcopy(base), device, m, cfg, batch) for v, (m, _) in variants.items()}
     del base
@@ -62,7 +74,8 @@ def run(cfg: GpuBenchConfig) -> dict:
                           1.03, False) for v in ("kamim-side-stream", "kamim-main-stream")]
     payload = {"device": name, "model": cfg.model, "precision": device.precision, "batch_size": batch_size,
                "images_per_s": {v: batch_size / median(s) for v, s in samples.items()},
-               "step_seconds": summary(samples), "ratios": ratios}
+               "step_seconds": summary(samples), "loss_side_vs_main": [losses[True], losses[False]],
+               "ratios": ratios}
     write_result("gpu_overlap", cfg, payload, began)
     return payload
 
