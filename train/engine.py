@@ -51,28 +51,12 @@ def batch_weights(batch: dict[str, torch.Tensor], spec: LossSpec) -> torch.Tenso
     return keypoint_pixel_weights(maps, spec.weight_ps, spec.temperature)
 
 
-OVERLAP_WEIGHTS = True  # on CUDA, draw the weights on a side stream while the encoder runs
-_side_streams: dict[torch.device, torch.cuda.Stream] = {}
-
-
 def micro_batch(model: nn.Module, batch: dict[str, torch.Tensor], spec: LossSpec, device: Device):  # noqa: ANN201
     images = normalize(batch["image"])
+    weights = batch_weights(batch, spec)
     masks = pixel_mask(batch["mask"], spec.patch_size)
-    side = None
-    if OVERLAP_WEIGHTS and device.device.type == "cuda" and spec.method != "simmim":
-        # The forward pass does not need the weights: let the scatter-bound raster fill the gaps of
-        # the encoder's kernels instead of adding its time to the step.
-        side = _side_streams.setdefault(device.device, torch.cuda.Stream(device.device))
-        side.wait_stream(torch.cuda.current_stream(device.device))
-    with torch.cuda.stream(side) if side is not None else contextlib.nullcontext():
-        weights = batch_weights(batch, spec)
     with device.autocast():
         recon = model(images, batch["mask"])
-    if side is not None:
-        main = torch.cuda.current_stream(device.device)
-        main.wait_stream(side)
-        if weights is not None:
-            weights.record_stream(main)  # allocated on the side stream, used on the main one
     return reconstruction_loss(images, recon, masks, weights), {"images": images, "pixel_mask": masks,
                                                                   "recon": recon, "weights": weights}
 
