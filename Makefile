@@ -14,8 +14,8 @@ MODEL    ?= vit_t
 METHOD   ?= kamim
 WPS      ?= 8
 TEMP     ?= 0.25
-STEPS    ?= 60
-BATCH    ?= 32
+STEPS    ?= 20
+BATCH    ?= 16
 DEVICE   ?= auto
 RUN      ?=
 
@@ -25,7 +25,7 @@ help:
 	@echo "make demo      cache + short SimMIM/KAMIM pretraining + linear probe + report on 'photos'"
 	@echo "make test      lint + the test suite"
 	@echo "make cache     DETECTOR=fast DATASET=photos FORMAT=zarr WORKERS=$(WORKERS)"
-	@echo "make pretrain  MODEL=vit_t METHOD=kamim DETECTOR=fast WPS=8 TEMP=0.25 STEPS=60"
+	@echo "make pretrain  MODEL=vit_t METHOD=kamim DETECTOR=fast WPS=8 TEMP=0.25 STEPS=20"
 	@echo "make linprobe  RUN=runs/<run dir> (default: the latest pretrain run)"
 	@echo "make bench     CPU benchmarks -> bench/results/*.json and the README tables"
 

@@ -34,6 +34,13 @@ WARMUP_FRACTION = 10 / 110  # the original: 10 warmup epochs of 110, overlapping
 COSINE_FRACTION = 100 / 110  # the cosine reaches lr_min after 100 of 110 epochs; the rest runs at lr_min
 
 
+def default_workers() -> int:
+    """Loader processes: the cores this process may use, at most 8 (more rarely pays for one GPU)."""
+    from kamim.preprocess.build import available_cores
+
+    return max(1, min(8, available_cores()))
+
+
 @dataclass
 class PretrainConfig:
     model: str = "vit_t"
@@ -63,7 +70,7 @@ class PretrainConfig:
     warmup_lr: float = 1e-6
     min_lr: float = 1e-5
     clip_grad: float = 1.0
-    workers: int = 4
+    workers: int = field(default_factory=default_workers)
     seed: int = 0
     resume: bool = False
     log_every: int = 1
@@ -291,5 +298,7 @@ def config_from_options(options: dict[str, Any]) -> PretrainConfig:
     except ValueError:
         raise UserError(f"--temperature {options['temperature']!r}: not a number (e.g. 0.25, or inf)") from None
     options["overrides"] = parse_overrides(options.pop("override", ()))
+    if options.get("workers") is None:
+        options.pop("workers", None)  # the config's default: cores, at most 8
     names = {f.name for f in dataclasses.fields(PretrainConfig)}
     return PretrainConfig(**{k: v for k, v in options.items() if k in names})

@@ -43,7 +43,7 @@ from .models import MODELS
 @click.option("--min-lr", default=1e-5, show_default=True, type=float)
 @click.option("--warmup-lr", default=1e-6, show_default=True, type=float)
 @click.option("--clip-grad", default=1.0, show_default=True, type=float)
-@click.option("--workers", default=4, show_default=True, type=int, help="Loader worker processes.")
+@click.option("--workers", default=None, type=int, help="Loader worker processes [default: cores, at most 8].")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its latest checkpoint (exactly).")
 @click.option("--log-every", default=1, show_default=True, type=int, help="Steps between metrics.jsonl records.")
