@@ -42,6 +42,7 @@ from kamim.cache.wds_store import JPEG_QUALITY, SHARD_NAME, encode_sample, write
 from kamim.config import format_config, save_config
 from kamim.datasets import BadSampleError, open_dataset
 from kamim.errors import UserError
+from kamim.malloc import keep_freed_memory
 from kamim.paths import default_cache_dir
 from kamim.preprocess.detect import DETECTORS, GRAY_MODES, detect_keypoints, detector_parameters
 from kamim.preprocess.resize import canonical_resize, from_source, to_source
@@ -143,6 +144,7 @@ def process_block(job: dict, index: int) -> tuple[int, int]:
     # One core per worker: OpenCV's own thread pool (SIFT's pyramid) only oversubscribes the cores the
     # workers already use, and --workers 1 then really means one core.
     cv2.setNumThreads(1)
+    keep_freed_memory()
     dataset = _open_dataset(job["dataset"], job["split"], job["data_root"])
     start = index * job["block_size"]
     end = min(start + job["block_size"], len(dataset))

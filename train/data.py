@@ -20,6 +20,7 @@ from torch.utils.data import Dataset, Sampler
 
 from kamim.datasets import BadSampleError, ImageDataset
 from kamim.errors import UserError
+from kamim.malloc import keep_freed_memory
 
 from .augment import crop_image, crop_points, sample_crop, sample_seed, seeded
 from .distributed import rank_share
@@ -53,6 +54,7 @@ class PretrainSamples(Dataset):
         return np.arange(len(self.dataset))
 
     def __getitem__(self, key: tuple[int, int]) -> dict[str, torch.Tensor]:
+        keep_freed_memory()  # once per worker: big decode/SIFT buffers stop costing page faults
         epoch, index = key
         image = self._image(index)
         with seeded(sample_seed(self.seed, epoch, index)):

@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from kamim.malloc import keep_freed_memory
+
 from .augment import crop_image, crop_points, sample_crop, sample_seed, seeded
 from .data import collate, online_ring_map
 from .masking import random_mask
@@ -77,6 +79,7 @@ class WdsPretrainStream(IterableDataset):
         return sample
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        keep_freed_memory()  # once per worker: big decode buffers stop costing page faults
         batch: list[dict[str, torch.Tensor]] = []
         for sample in self.samples():
             batch.append(sample)
