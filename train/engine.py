@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import time
 from collections.abc import Iterator
@@ -24,6 +25,7 @@ class LossSpec:
     temperature: float
     img_size: int
     patch_size: int
+    compile: bool = False  # --compile: weighting and loss through torch.compile (the raster stays eager)
 
 
 @dataclass
@@ -48,7 +50,15 @@ def batch_weights(batch: dict[str, torch.Tensor], spec: LossSpec) -> torch.Tenso
         from kamim.preprocess.raster import ring_maps_torch
 
         maps = ring_maps_torch(batch["points"], batch["counts"], spec.img_size)
-    return keypoint_pixel_weights(maps, spec.weight_ps, spec.temperature)
+    return loss_functions(spec.compile)[0](maps, spec.weight_ps, spec.temperature)
+
+
+@functools.cache
+def loss_functions(compile_: bool) -> tuple:
+    """(maps -> pixel weights, reconstruction loss): the eager reference or, with --compile, both compiled."""
+    from .compile import compiled
+
+    return compiled(keypoint_pixel_weights, compile_), compiled(reconstruction_loss, compile_)
 
 
 def micro_batch(model: nn.Module, batch: dict[str, torch.Tensor], spec: LossSpec, device: Device):  # noqa: ANN201
@@ -57,7 +67,7 @@ def micro_batch(model: nn.Module, batch: dict[str, torch.Tensor], spec: LossSpec
     masks = pixel_mask(batch["mask"], spec.patch_size)
     with device.autocast():
         recon = model(images, batch["mask"])
-    return reconstruction_loss(images, recon, masks, weights), {"images": images, "pixel_mask": masks,
+    return loss_functions(spec.compile)[1](images, recon, masks, weights), {"images": images, "pixel_mask": masks,
                                                                   "recon": recon, "weights": weights}
 
 

@@ -19,6 +19,7 @@ from kamim.errors import UserError
 from kamim.paths import runs_root
 
 from .checkpoint import export_model, latest_checkpoint, load_checkpoint, save_checkpoint
+from .compile import adamw, check_compile, compile_module, restore_optimizer_impl
 from .data import EpochBatches, PretrainSamples, collate
 from .device import Device, resolve_device, to_host
 from .distributed import broadcast_object, main_first, mean_across_ranks
@@ -80,6 +81,7 @@ class PretrainConfig:
     nan_policy: str = "stop"  # stop: a NaN/Inf loss ends the run; skip: drop that step's update and count it
     tensorboard: bool = False
     wandb: str | None = None
+    compile: bool = False  # torch.compile the model, weighting and loss (same checkpoints either way)
 
 
 def validate(cfg: PretrainConfig) -> None:
@@ -174,6 +176,8 @@ def run_pretrain(cfg: PretrainConfig) -> Path:
         cache = open_training_cache(cfg, dataset, log) if mode == "cached" else None
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, IMG_SIZE, **cfg.overrides).to(device.device)
+    check_compile(cfg.compile, device.kind)
+    compile_module(model, cfg.compile)  # in place: state_dict keys stay the eager model's
     samples = None if streamed else PretrainSamples(dataset, mode, model.patch_size, cfg.seed, cache, cfg.detector,
                                                     cfg.gray, IMG_SIZE)
     indices = np.arange(len(cache)) if streamed else samples.usable_indices()
@@ -183,7 +187,7 @@ def run_pretrain(cfg: PretrainConfig) -> Path:
     except ValueError as error:
         raise UserError(f"--batch-size {cfg.batch_size}: {error}") from None
     total, warmup, cosine = schedule_lengths(cfg, batches_per_epoch)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.999))
+    optimizer = adamw(model.parameters(), device.kind, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.999))
     from timm.scheduler import CosineLRScheduler
 
     scheduler = CosineLRScheduler(optimizer, t_initial=cosine, lr_min=cfg.min_lr, warmup_t=warmup,
@@ -193,6 +197,7 @@ def run_pretrain(cfg: PretrainConfig) -> Path:
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
+        restore_optimizer_impl(optimizer, device.kind)  # fused on cuda, foreach on cpu, whoever saved it
         scheduler.load_state_dict(checkpoint["scheduler"])
         scaler.load_state_dict(checkpoint["scaler"])
         restore_rng_states(checkpoint["rng"])
@@ -229,7 +234,7 @@ def run_pretrain(cfg: PretrainConfig) -> Path:
     train_model = model
     if device.world > 1 and device.kind != "xla":
         train_model = torch.nn.parallel.DistributedDataParallel(model)
-    spec = LossSpec(cfg.method, cfg.weight_ps, cfg.temperature, IMG_SIZE, model.patch_size)
+    spec = LossSpec(cfg.method, cfg.weight_ps, cfg.temperature, IMG_SIZE, model.patch_size, cfg.compile)
     stop = min(total, cfg.stop_after) if cfg.stop_after else total
 
     def save(step: int) -> None:

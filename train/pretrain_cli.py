@@ -54,6 +54,9 @@ from .models import MODELS
               help="A NaN/Inf loss: stop (one line naming the step; checkpoints stay finite) or skip that update and count it.")
 @click.option("--tensorboard", is_flag=True, help="Also log to TensorBoard (needs tensorboard installed).")
 @click.option("--wandb", default=None, metavar="PROJECT", help="Also log to this wandb project (needs wandb).")
+@click.option("--compile", "compile", is_flag=True,
+              help="torch.compile the model, weighting and loss (cpu/cuda; first steps slower while it compiles). "
+                   "Checkpoints and resume are the same with or without it.")
 def pretrain(**options) -> None:  # noqa: ANN003
     """Pretrain a ViT/Swin with SimMIM or KAMIM (keypoint-weighted SimMIM) at 192 px.
 

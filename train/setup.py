@@ -11,7 +11,8 @@ from kamim.paths import default_cache_dir
 
 # Settings that may change between a run and its resume; everything else must match.
 RESUMABLE_CHANGES = {"out", "resume", "device", "workers", "log_every", "save_every", "grid_every", "stop_after", "nan_policy",
-                     "keep_checkpoints", "tensorboard", "wandb", "cache", "data_root"}
+                     "keep_checkpoints", "tensorboard", "wandb", "cache", "data_root",
+                     "compile"}
 INT_LISTS = {"depths", "num_heads"}
 
 
