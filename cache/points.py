@@ -15,13 +15,17 @@ import numpy as np
 
 POINT_DTYPE = np.uint16
 MAX_CODE = int(np.iinfo(POINT_DTYPE).max)
-# Sub-pixel steps per detect-size pixel. FAST positions are whole pixels; SIFT and ORB are sub-pixel
-# (OpenCV draws with 1/16 px, the bound here is 1/16 px).
-SUBPIXEL_STEPS = {"fast": 1, "sift": 8, "orb": 8}
+# Sub-pixel steps per detect-size pixel. FAST positions are whole pixels; SIFT and ORB are sub-pixel.
+# OpenCV draws a keypoint at its centre rounded to 1/16 px (4 fractional bits), so 16 steps make the
+# identity case exact (a cache built at the crop's own size gives OpenCV's ring map pixel for pixel):
+# round(p * 16) / 16 is what cv2.drawKeypoints rounds to anyway. Caches built with 8 steps (before
+# this) stay readable: readers take ``subpixel_steps`` from the manifest.
+SUBPIXEL_STEPS = {"fast": 1, "sift": 16, "orb": 16}
 
 
 def max_side(steps: int) -> int:
-    """Largest detect-size image side (pixels) whose positions fit the code dtype."""
+    """Largest detect-size image side (pixels) whose positions fit the code dtype (4095 at 16 steps:
+    a 16:1 panorama at detect size 256)."""
     return MAX_CODE // steps
 
 

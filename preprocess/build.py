@@ -45,7 +45,7 @@ from kamim.errors import UserError
 from kamim.malloc import keep_freed_memory
 from kamim.paths import default_cache_dir
 from kamim.preprocess.detect import DETECTORS, GRAY_MODES, detect_keypoints, detector_parameters
-from kamim.preprocess.resize import canonical_resize, from_source, to_source
+from kamim.preprocess.resize import canonical_resize, canonical_size, from_source, to_source
 
 
 def available_cores() -> int:
@@ -75,6 +75,10 @@ def validate(cfg: CacheConfig) -> None:
         (cfg.format in FORMATS, f"--format {cfg.format}: use one of {', '.join(FORMATS)}"),
         (cfg.gray in GRAY_MODES, f"--gray {cfg.gray}: use one of {', '.join(GRAY_MODES)}"),
         (16 <= cfg.detect_size <= 4096, f"--detect-size {cfg.detect_size}: use 16..4096 (default 256)"),
+        (cfg.detector not in SUBPIXEL_STEPS or cfg.detect_size <= max_side(SUBPIXEL_STEPS[cfg.detector]),
+         f"--detect-size {cfg.detect_size}: {cfg.detector} positions are kept at 1/"
+         f"{SUBPIXEL_STEPS.get(cfg.detector, 1)} px, which holds sides up to "
+         f"{max_side(SUBPIXEL_STEPS.get(cfg.detector, 1))} px; use a smaller --detect-size"),
         (cfg.workers >= 1, f"--workers {cfg.workers}: use at least 1"),
         (cfg.block_size >= 1, f"block_size {cfg.block_size}: use at least 1"),
         (cfg.num_partitions >= 1, f"--num-partitions {cfg.num_partitions}: use at least 1"),
@@ -133,9 +137,14 @@ def _open_dataset(name: str, split: str, data_root: str | None):
 
 def detect_canonical(image: np.ndarray, detector: str, gray: str, detect_size: int, steps: int):
     """(codes uint16 [N,2], scale [2]): detection on the canonical image, encoded for storage."""
+    height, width = image.shape[:2]
+    longest = max(canonical_size(height, width, detect_size))
+    if longest > max_side(steps):  # checked before resizing: a 100:1 strip would cost a huge resize
+        raise BadSampleError("", (
+            f"aspect ratio too extreme ({width}x{height}): at --detect-size {detect_size} its longer side "
+            f"would be {longest} px, more than the {max_side(steps)} px the cache's 1/{steps}-px codes hold; "
+            f"crop it into parts or use a smaller --detect-size"))
     resized, scale = canonical_resize(image, detect_size)
-    if max(resized.shape[:2]) > max_side(steps):
-        raise BadSampleError("", f"aspect ratio too extreme ({image.shape[1]}x{image.shape[0]})")
     return encode_points(detect_keypoints(resized, detector, gray), steps), scale
 
 
