@@ -40,5 +40,5 @@ def finetune(**options) -> None:
       kamim finetune --latest --dataset photos --epochs 20 --batch-size 64
       kamim finetune --checkpoint runs/imagenet-vit_b-kamim --dataset imagenet
     """
-    options["clip_grad"] = options["clip_grad"] or None
+    options["clip_grad"] = options["clip_grad"] or None  # 0 = off, as in pretrain (negative: refused)
     run_finetune(FinetuneConfig(**options))

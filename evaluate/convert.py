@@ -21,6 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from kamim.errors import UserError
+from kamim.validation import check_out, check_value
 
 # (HF key pattern, our key). A key is a format string over the match groups, a callable of them, "QKV:<prefix>"
 # for a q/k/v piece (the last two groups are the part and weight|bias) fused below, or None: a buffer
@@ -209,6 +210,10 @@ def write_export(model: torch.nn.Module, info: dict[str, Any], out: str | os.Pat
 
 def convert_checkpoint(path: str | os.PathLike, out: str | os.PathLike, model: str = "vit_b",
                        num_heads: int | None = None) -> Path:
+    check_value("convert", "num_heads", num_heads)  # before reading a multi-GB checkpoint
+    if Path(out).is_dir():
+        raise UserError(f"--out {out} is a directory; pass a FILE.safetensors path")
+    check_out(Path(out).parent, "--out's folder")
     state = read_state_dict(path)
     converted, info = convert_hf(state, model, num_heads)
     info["converted_from"] = str(path)

@@ -22,6 +22,7 @@ from tqdm import tqdm
 from kamim.config import format_config, save_config
 from kamim.datasets import open_dataset
 from kamim.errors import UserError
+from kamim.validation import check_numbers, check_out
 
 from .features import eval_transform, is_swin, make_loader
 from .linprobe import write_json
@@ -89,6 +90,8 @@ def run_finetune(config: FinetuneConfig) -> dict:
     from kamim.train.device import resolve_device
     from kamim.train.distributed import rank_loader
 
+    check_numbers("finetune", config)  # every numeric flag: type, finite, range (kamim/validation.py)
+    check_out(config.out)
     if config.latest == bool(config.checkpoint):
         raise UserError("give exactly one of --checkpoint RUN_DIR|FILE and --latest")
     checkpoint = latest_run(config.dataset) if config.latest else Path(config.checkpoint)

@@ -23,6 +23,7 @@ from tqdm import tqdm
 from kamim.config import format_config, save_config
 from kamim.datasets import open_dataset
 from kamim.errors import UserError
+from kamim.validation import check_numbers, check_out
 
 from .features import (
     check_layer,
@@ -76,6 +77,8 @@ class LinprobeConfig:
         """Fill the recipe-dependent defaults, so the saved config says what actually ran."""
         if self.recipe not in RECIPES:
             raise UserError(f"--recipe {self.recipe}: use one of {', '.join(RECIPES)}")
+        check_numbers("linprobe", self)  # every numeric flag: type, finite, range (kamim/validation.py)
+        check_out(self.out)
         original = self.recipe == "original"
         return dataclasses.replace(
             self,

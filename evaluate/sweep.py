@@ -14,6 +14,7 @@ from typing import Any
 from kamim.config import format_config, save_config
 from kamim.errors import UserError
 from kamim.paths import runs_root
+from kamim.validation import check_numbers, check_out, check_value
 
 from .linprobe import LinprobeConfig, run_linprobe
 from .sweep_report import collect_rows, write_heatmaps, write_tables
@@ -59,6 +60,12 @@ def validate(config: SweepConfig) -> None:
         raise UserError(f"--detector {','.join(bad)}: use a comma list of {', '.join(DETECTORS)}")
     if not config.detector or not config.weight_ps or not config.temperature:
         raise UserError("--detector, --weight-ps and --temperature each need at least one value")
+    for name in ("weight_ps", "temperature"):  # every point's value, not only the first
+        for value in getattr(config, name):
+            check_value("sweep", name, value)
+    check_numbers("sweep", config.pretrain)
+    check_numbers("sweep", {f"probe_{k}": v for k, v in config.probe.items()})  # named as the flags are
+    check_out(config.out)
     known = {f.name for f in dataclasses.fields(PretrainConfig)}
     owned = {"method", "detector", "weight_ps", "temperature", "out", "resume", "cache"}
     extra = sorted(set(config.pretrain) - known) + sorted(set(config.pretrain) & owned)

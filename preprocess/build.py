@@ -46,6 +46,7 @@ from kamim.malloc import keep_freed_memory
 from kamim.paths import default_cache_dir
 from kamim.preprocess.detect import DETECTORS, GRAY_MODES, detect_keypoints, detector_parameters
 from kamim.preprocess.resize import canonical_resize, canonical_size, from_source, to_source
+from kamim.validation import check_numbers
 
 
 def available_cores() -> int:
@@ -70,6 +71,7 @@ class CacheConfig:
 
 
 def validate(cfg: CacheConfig) -> None:
+    check_numbers("cache", cfg)  # every numeric flag: type, finite, range (kamim/validation.py)
     checks = [
         (cfg.detector in DETECTORS, f"--detector {cfg.detector}: use one of {', '.join(DETECTORS)}"),
         (cfg.format in FORMATS, f"--format {cfg.format}: use one of {', '.join(FORMATS)}"),

@@ -40,6 +40,22 @@ def jsonable(value: Any) -> Any:
     return value
 
 
+def non_finite(state: dict[str, Any]) -> str | None:
+    """The name of the first floating tensor in ``state`` holding NaN/Inf (None: all finite)."""
+    for name, value in state.items():
+        if torch.is_tensor(value) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            return name
+    return None
+
+
+def refuse_non_finite(state: dict[str, Any], path: Path) -> None:
+    """Never write a non-finite model: a checkpoint or export must be safe to resume, probe or ship."""
+    bad = non_finite(state)
+    if bad is not None:
+        raise UserError(f"not writing {path}: the model holds non-finite values (NaN/Inf in {bad}); lower --lr, "
+                        f"--warmup-lr or --weight-decay, or use --precision fp32")
+
+
 def checkpoint_path(run_dir: str | os.PathLike, step: int) -> Path:
     return Path(run_dir) / CHECKPOINT_DIR / f"step-{step:07d}.pt"
 
@@ -81,6 +97,7 @@ def remove_stale_temps(folder: Path, name: str) -> None:
 
 def save_checkpoint(run_dir: str | os.PathLike, step: int, state: dict[str, Any], keep: int = 2) -> Path:
     """Write ``checkpoints/step-XXXXXXX.pt`` and delete all but the newest ``keep`` checkpoints."""
+    refuse_non_finite(state["model"], checkpoint_path(run_dir, step))
     path = atomic_save(state, checkpoint_path(run_dir, step))
     remove_stale_temps(path.parent, "step-*.pt")
     if keep > 0:
@@ -109,24 +126,50 @@ def export_model(model: MIMModel, info: dict[str, Any], run_dir: str | os.PathLi
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / EXPORT_NAME
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    save_file(state, str(tmp), metadata={"format": "pt"})
-    info_path = path.with_suffix(".json")
-    info_tmp = info_path.with_name(f".{info_path.name}.tmp{os.getpid()}")
-    info_tmp.write_text(json.dumps(jsonable(info), indent=2, sort_keys=True) + "\n")
-    os.replace(info_tmp, info_path)
-    os.replace(tmp, path)
+    refuse_non_finite(state, path)
+    write_safetensors(state, path, json.dumps(jsonable(info), indent=2, sort_keys=True) + "\n",
+                      "the checkpoints are intact: free space and resume (--resume) to export")
     remove_stale_temps(run_dir, "model.*")
     return path
 
 
-def model_from_info(info: dict[str, Any]) -> MIMModel:
-    """Rebuild the (untrained) model that ``info`` (model.json / a checkpoint's model_info) describes."""
+def write_safetensors(state: dict[str, torch.Tensor], path: Path, info_text: str | None = None,
+                      hint: str = "free disk space and rerun") -> Path:
+    """``path`` (+ ``path.json`` holding ``info_text``) via temp files and renames. A full disk ends in a
+    UserError naming the file, with no temp left and no half-written file at ``path``."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    info_path = path.with_suffix(".json")
+    info_tmp = info_path.with_name(f".{info_path.name}.tmp{os.getpid()}")
+    target = path
     try:
-        name = info["model"]
-    except (KeyError, TypeError):
-        raise UserError("model description has no 'model' entry; is this a kamim export?") from None
-    return build_model(name, img_size=int(info.get("img_size", 192)), **dict(info.get("overrides") or {}))
+        save_file(state, str(tmp), metadata={"format": "pt"})
+        if info_text is not None:
+            target = info_path
+            info_tmp.write_text(info_text)
+    except (OSError, SafetensorError) as error:  # safetensors reports ENOSPC/EFBIG as SafetensorError
+        tmp.unlink(missing_ok=True)
+        info_tmp.unlink(missing_ok=True)
+        raise UserError(f"could not write {target} ({str(error).splitlines()[0][:160]}); {hint}") from None
+    if info_text is not None:
+        os.replace(info_tmp, info_path)
+    os.replace(tmp, path)
+    return path
+
+
+def model_from_info(info: Any, source: str | os.PathLike = "the checkpoint") -> MIMModel:
+    """Rebuild the (untrained) model that ``info`` (model.json / a checkpoint's model_info) describes.
+    Every field is type-checked, and build_model bounds the sizes before allocating anything."""
+    if not isinstance(info, dict) or not isinstance(info.get("model"), str):
+        raise UserError(f"{source}: its model description is not a dict with a 'model' name; is it a kamim export?")
+    img_size, overrides = info.get("img_size", 192), info.get("overrides") or {}
+    if isinstance(img_size, bool) or not isinstance(img_size, int):
+        raise UserError(f"{source}: img_size {img_size!r} in its model description is not an integer")
+    if not isinstance(overrides, dict) or not all(isinstance(k, str) for k in overrides):
+        raise UserError(f"{source}: overrides {overrides!r} in its model description is not a dict of names")
+    try:
+        return build_model(info["model"], img_size=img_size, **overrides)
+    except UserError as error:
+        raise UserError(f"{source}: {error.format_message()}") from None
 
 
 def _resolve(path: Path) -> Path:
@@ -157,8 +200,15 @@ def load_pretrained(path: str | os.PathLike) -> tuple[MIMModel, dict[str, Any]]:
             raise UserError(f"{source} or its .json is unreadable ({error})") from None
     else:
         checkpoint = load_checkpoint(source)
-        info, state = dict(checkpoint.get("model_info") or {}), checkpoint["model"]
-    model = model_from_info(info)
+        info, state = checkpoint.get("model_info") or {}, checkpoint["model"]
+    model = model_from_info(info, source)
+    info = dict(info)
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise UserError(f"{source}: its weights are not a dict of tensors; delete it or pick another")
+    bad = non_finite(state)
+    if bad:
+        raise UserError(f"{source} holds non-finite weights (NaN/Inf in {bad}); it cannot be probed or finetuned: "
+                        f"use an earlier checkpoint")
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as error:

@@ -92,7 +92,9 @@ def train_steps(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, s
             device.mark_step()
         device.reduce_gradients(optimizer)
         scaler.unscale_(optimizer)
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, clip_grad)
+        # --clip-grad 0 means no clipping (as in finetune): an inf bound still measures the norm, and
+        # scaling by min(inf / norm, 1) = 1 leaves the gradients bit-identical.
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, clip_grad if clip_grad > 0 else math.inf)
         lr = optimizer.param_groups[0]["lr"]
         # --nan-policy skip: drop this update if any gradient is NaN/Inf (the grad norm is all-reduced, so
         # every rank agrees). Costs one host sync per step, so only when asked. An enabled fp16 scaler

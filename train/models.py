@@ -17,6 +17,7 @@ from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 from kamim.errors import UserError
+from kamim.validation import check_model_shape
 
 # name -> (family, timm kwargs); widths/depths from reference/original-kamim.md section 2.
 MODELS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -80,8 +81,11 @@ def build_model(name: str, img_size: int = 192, **overrides: Any) -> MIMModel:
     if bad:
         raise UserError(f"model '{name}' does not take override(s) {bad}; allowed: {list(OVERRIDES[family])}")
     kwargs = {**kwargs, **{k: (tuple(v) if isinstance(v, list) else v) for k, v in overrides.items()}}
+    if isinstance(img_size, bool) or not isinstance(img_size, int) or not 32 <= img_size <= 1024:
+        raise UserError(f"img_size {img_size!r}: must be an integer in 32..1024 (the model is built for 192)")
     if img_size % MASK_PATCH_SIZE:
         raise UserError(f"--img-size {img_size} must be a multiple of the {MASK_PATCH_SIZE}-px mask patch")
+    kwargs = check_model_shape(name, family, kwargs)  # bounded and divisible before anything is allocated
     if family == "vit":
         encoder = VisionTransformer(
             img_size=img_size, patch_size=16, num_classes=0, mlp_ratio=4.0, qkv_bias=True,

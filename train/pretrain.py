@@ -17,6 +17,7 @@ import torch
 from kamim.config import config_dict, format_config, save_config
 from kamim.errors import UserError
 from kamim.paths import runs_root
+from kamim.validation import check_numbers, check_out
 
 from .checkpoint import export_model, latest_checkpoint, load_checkpoint, save_checkpoint
 from .compile import adamw, check_compile, compile_module, restore_optimizer_impl
@@ -85,6 +86,8 @@ class PretrainConfig:
 
 
 def validate(cfg: PretrainConfig) -> None:
+    check_numbers("pretrain", cfg)  # every numeric flag: type, finite, range (kamim/validation.py)
+    check_out(cfg.out)
     checks = [
         (cfg.model in MODELS, f"--model {cfg.model}: unknown model; choose one of {', '.join(MODELS)}"),
         (cfg.method in ("kamim", "simmim"), f"--method {cfg.method}: use kamim or simmim"),
@@ -97,7 +100,6 @@ def validate(cfg: PretrainConfig) -> None:
         (cfg.batch_size >= 1 and cfg.accumulation >= 1, "--batch-size and --accumulation must be >= 1"),
         (cfg.steps is None or cfg.steps >= 1, f"--steps {cfg.steps}: must be >= 1"),
         (cfg.epochs is None or cfg.epochs > 0, f"--epochs {cfg.epochs}: must be > 0"),
-        (cfg.lr > 0 and cfg.min_lr >= 0 and cfg.warmup_lr >= 0, "--lr must be > 0"),
         (cfg.warmup_steps is None or cfg.warmup_steps >= 0, "--warmup-steps must be >= 0"),
         (cfg.workers >= 0, f"--workers {cfg.workers}: must be >= 0"),
         (cfg.nan_policy in ("stop", "skip"), f"--nan-policy {cfg.nan_policy}: use stop or skip"),

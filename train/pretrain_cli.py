@@ -42,7 +42,7 @@ from .models import MODELS
 @click.option("--warmup-steps", default=None, type=int, help="Default: 10/110 of the steps, like the original.")
 @click.option("--min-lr", default=1e-5, show_default=True, type=float)
 @click.option("--warmup-lr", default=1e-6, show_default=True, type=float)
-@click.option("--clip-grad", default=1.0, show_default=True, type=float)
+@click.option("--clip-grad", default=1.0, show_default=True, type=float, help="Gradient norm clip; 0 = off.")
 @click.option("--workers", default=None, type=int, help="Loader worker processes [default: cores, at most 8].")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its latest checkpoint (exactly).")
