@@ -15,6 +15,7 @@ from torch import nn
 from torchvision.transforms import v2
 from tqdm import tqdm
 
+from kamim.datasets import read_or_next
 from kamim.errors import UserError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -96,7 +97,9 @@ class TransformedDataset(torch.utils.data.Dataset):
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        image, label = self.dataset[index]
+        # A file that cannot be decoded is replaced by the next readable one, image AND label, as
+        # pretraining does (a warning names it); so a probe or finetune never dies on one bad file.
+        _, image, label = read_or_next(self.dataset, index)
         return self.transform(image), label
 
 

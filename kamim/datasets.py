@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +21,12 @@ from kamim.paths import data_root as resolve_data_root
 DATASETS = ("photos", "cifar10", "cifar100", "imagenet", "folder")
 SPLITS = ("train", "val")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+# A file is checked against these before it is read whole (a stray 1 GiB file never fills the RAM):
+# larger files are refused; smaller ones must start with an image header. 512 MiB holds any photo
+# PIL would decode below its own decompression-bomb limit (~179 Mpx).
+MAX_FILE_BYTES = 512 * 2**20
+IMAGE_MAGICS = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*",
+                b"P1", b"P2", b"P3", b"P4", b"P5", b"P6", b"P7")
 MIN_IMAGE_SIDE = 8  # smaller images cannot hold a 3-px keypoint ring; treated as bad samples
 
 
@@ -38,6 +44,9 @@ def to_rgb_array(image: Image.Image) -> np.ndarray:
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         # 16-bit/int/float gray: scale by the actual range rather than clipping to 255 (white).
         values = np.asarray(image, dtype=np.float64)
+        if not np.isfinite(values).all():  # NaN/Inf would cast to black (and warn): not a usable picture
+            raise BadSampleError("", f"non-finite pixel values ({int((~np.isfinite(values)).sum())} NaN/Inf "
+                                     f"in a {image.mode} image)")
         peak = 65535.0 if image.mode.startswith("I;16") else max(float(values.max()), 1.0)
         gray = np.clip(values / peak * 255.0 + 0.5, 0, 255).astype(np.uint8)
         return np.repeat(gray[:, :, None], 3, axis=2)
@@ -53,16 +62,20 @@ def decode_image(data: bytes | Path | str, name: str | None = None) -> np.ndarra
     name = name or (str(data) if isinstance(data, (str, Path)) else "<bytes>")
     try:
         if isinstance(data, (str, Path)):
-            data = Path(data).read_bytes()
+            data = read_image_file(Path(data), name)
         if len(data) == 0:
             raise BadSampleError(name, "zero-byte file")
+        if not has_image_magic(data[:16]):
+            raise BadSampleError(name, "not an image (no known image header)")
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as image:
                 image.load()
                 array = to_rgb_array(image)
-    except BadSampleError:
-        raise
+    except BadSampleError as error:
+        if error.name:
+            raise
+        raise BadSampleError(name, error.reason) from None
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as error:
         raise BadSampleError(name, f"image too large ({error})") from None
     except UnidentifiedImageError:
@@ -72,6 +85,46 @@ def decode_image(data: bytes | Path | str, name: str | None = None) -> np.ndarra
     if min(array.shape[:2]) < MIN_IMAGE_SIDE:
         raise BadSampleError(name, f"too small ({array.shape[1]}x{array.shape[0]})")
     return array
+
+
+def has_image_magic(head: bytes) -> bool:
+    """Whether ``head`` (a file's first bytes) starts like an image format PIL reads for us."""
+    return head.startswith(IMAGE_MAGICS) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
+
+
+def read_image_file(path: Path, name: str) -> bytes:
+    """A file's bytes, after checking its size and header, so a huge or non-image file is never read whole."""
+    try:
+        size = path.stat().st_size
+    except OSError as error:
+        raise BadSampleError(name, f"unreadable ({error.strerror})") from None
+    if size > MAX_FILE_BYTES:
+        raise BadSampleError(name, f"file too large ({size / 2**20:.0f} MiB > {MAX_FILE_BYTES // 2**20} MiB): "
+                                   f"not read")
+    with open(path, "rb") as handle:
+        head = handle.read(16)
+        if head and not has_image_magic(head):
+            raise BadSampleError(name, "not an image (no known image header)")
+        return head + handle.read()
+
+
+def read_or_next(dataset: ImageDataset, index: int, usable: Callable[[int], bool] | None = None
+                 ) -> tuple[int, np.ndarray, int]:
+    """``(used index, image, label)``: sample ``index``, or, if it cannot be decoded, the next readable
+    one (in index order, wrapping; ``usable`` may rule indices out). Deterministic, so a resumed run and
+    any worker count substitute alike; the label and anything else looked up by the returned index
+    belong to the image actually returned. Warns once per bad file, naming it."""
+    count = len(dataset)
+    for step in range(count):
+        candidate = (index + step) % count
+        if step and usable is not None and not usable(candidate):
+            continue
+        try:
+            image, label = dataset[candidate]
+            return candidate, image, label
+        except BadSampleError as error:
+            warnings.warn(f"bad sample {error}; using the next readable image instead", stacklevel=2)
+    raise UserError(f"{dataset.describe()}: no readable image (every file failed to decode)")
 
 
 def fingerprint_of(identity: Sequence[tuple[str, int]]) -> str:

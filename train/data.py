@@ -10,7 +10,6 @@ workers and any rank reproduce the same batches.
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -18,8 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from kamim.datasets import BadSampleError, ImageDataset
-from kamim.errors import UserError
+from kamim.datasets import ImageDataset, read_or_next
 from kamim.malloc import keep_freed_memory
 
 from .augment import crop_image, crop_points, sample_crop, sample_seed, seeded
@@ -56,27 +54,27 @@ class PretrainSamples(Dataset):
     def __getitem__(self, key: tuple[int, int]) -> dict[str, torch.Tensor]:
         keep_freed_memory()  # once per worker: big decode/SIFT buffers stop costing page faults
         epoch, index = key
-        image = self._image(index)
+        # A file that broke after the cache was built is dropped WITH its keypoints: the next readable
+        # sample stands in for both (deterministic, so resume and any worker count substitute alike).
+        used, image = self._image(index)
         with seeded(sample_seed(self.seed, epoch, index)):
             crop = sample_crop(image.shape[0], image.shape[1], self.img_size)
             mask = random_mask(None, self.model_patch_size, self.img_size)
         sample = {"image": crop_image(image, crop, self.img_size), "mask": mask}
         if self.mode == "cached":
-            sample["points"] = torch.from_numpy(crop_points(self.cache.points(index), crop, self.img_size))
+            sample["points"] = torch.from_numpy(crop_points(self.cache.points(used), crop, self.img_size))
         elif self.mode == "online":
             sample["map"] = torch.from_numpy(online_ring_map(sample["image"], self.detector, self.gray))
         return sample
 
-    def _image(self, index: int) -> np.ndarray:
-        # A file that broke after the cache was built: train on the next good one rather than stop a
-        # long run; deterministic, so resume still reproduces it.
-        for step in range(len(self.dataset)):
-            try:
-                return self.dataset[(index + step) % len(self.dataset)][0]
-            except BadSampleError as error:  # shown once per file and process: the user sees which
-                warnings.warn(f"bad sample {error}; training on the next readable image", stacklevel=1)
-                continue
-        raise UserError(f"{self.dataset.describe()}: no readable image (every file failed to decode)")
+    def _image(self, index: int) -> tuple[int, np.ndarray]:
+        """(the index actually used, its image): ``index``, or the next readable sample the cache also
+        holds as good (a warning names each bad file once per process)."""
+        usable = None
+        if self.cache is not None and hasattr(self.cache, "is_ok"):
+            usable = self.cache.is_ok
+        used, image, _ = read_or_next(self.dataset, index, usable)
+        return used, image
 
 
 def online_ring_map(crop: torch.Tensor, detector: str, gray: str = "bgr") -> np.ndarray:
