@@ -4,6 +4,7 @@ The encoders reproduce the HuggingFace models the original code trained (referen
 section 2): ViT with LayerNorm eps 1e-12, qkv bias, exact GELU, CLS token, learned absolute position
 embeddings, no drop path and the final norm kept; Swin with patch 4, window 6 and no drop path. The
 mask token (zeros at init, like HF) replaces masked patch embeddings *before* position embeddings.
+Weights start as HF's do (train/init.py) unless ``init="timm"``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from torch import nn
 
 from kamim.errors import UserError
 from kamim.validation import check_model_shape
+
+from .init import check_init, hf_init_
 
 # name -> (family, timm kwargs); widths/depths from reference/original-kamim.md section 2.
 MODELS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -71,9 +74,11 @@ class MIMModel(nn.Module):
         return self.decoder(self.encode(images, mask))
 
 
-def build_model(name: str, img_size: int = 192, **overrides: Any) -> MIMModel:
+def build_model(name: str, img_size: int = 192, init: str = "hf", **overrides: Any) -> MIMModel:
     """One of ``vit_t vit_s vit_b swin_t swin_b``; ``overrides`` (depth/depths, embed_dim, num_heads)
-    make tiny test models."""
+    make tiny test models. ``init``: ``hf`` initialises as the original's HuggingFace models
+    (train/init.py), ``timm`` keeps timm's own init."""
+    check_init(init)
     if name not in MODELS:
         raise UserError(f"unknown model '{name}'; choose one of {', '.join(MODELS)}")
     family, kwargs = MODELS[name]
@@ -92,13 +97,15 @@ def build_model(name: str, img_size: int = 192, **overrides: Any) -> MIMModel:
             class_token=True, pos_embed="learn", final_norm=True, drop_path_rate=0.0,
             norm_layer=partial(nn.LayerNorm, eps=1e-12), act_layer=nn.GELU, **kwargs,
         )
-        return MIMModel(name, family, encoder, kwargs["embed_dim"], 16, 16, kwargs["embed_dim"])
+        model = MIMModel(name, family, encoder, kwargs["embed_dim"], 16, 16, kwargs["embed_dim"])
+        return hf_init_(model) if init == "hf" else model
     encoder = SwinTransformer(
         img_size=img_size, patch_size=4, window_size=6, num_classes=0, mlp_ratio=4.0, qkv_bias=True,
         drop_path_rate=0.0, **kwargs,
     )
     merges = len(kwargs["depths"]) - 1  # each later stage halves the grid and doubles the width
-    return MIMModel(name, family, encoder, kwargs["embed_dim"], 4, 4 * 2**merges, kwargs["embed_dim"] * 2**merges)
+    model = MIMModel(name, family, encoder, kwargs["embed_dim"], 4, 4 * 2**merges, kwargs["embed_dim"] * 2**merges)
+    return hf_init_(model) if init == "hf" else model
 
 
 def mask_grid(model: MIMModel, img_size: int = 192) -> int:
