@@ -56,8 +56,10 @@ def write_shard(path: Path, samples: list[dict]) -> None:
                     writer.write(sample)
             handle.flush()
             os.fsync(handle.fileno())
-    except BaseException:  # disk full or interrupted: leave no partial temp behind
+    except BaseException as error:  # disk full or interrupted: leave no partial temp behind
         tmp.unlink(missing_ok=True)
+        if isinstance(error, OSError) and not error.filename:
+            error.filename = os.fspath(path)  # name the shard in the one-line message
         raise
     os.replace(tmp, path)
 

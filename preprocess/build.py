@@ -45,6 +45,7 @@ from kamim.errors import UserError
 from kamim.malloc import keep_freed_memory
 from kamim.paths import default_cache_dir
 from kamim.preprocess.detect import DETECTORS, GRAY_MODES, detect_keypoints, detector_parameters
+from kamim.preprocess.guard import build_lock, die_with_parent, naming
 from kamim.preprocess.resize import canonical_resize, canonical_size, from_source, to_source
 from kamim.validation import check_numbers
 
@@ -156,6 +157,8 @@ def process_block(job: dict, index: int) -> tuple[int, int]:
     # workers already use, and --workers 1 then really means one core.
     cv2.setNumThreads(1)
     keep_freed_memory()
+    if job.get("parent_pid", os.getpid()) != os.getpid():
+        die_with_parent()  # a loky worker: end with `kamim cache`, never outlive it as an orphan
     dataset = _open_dataset(job["dataset"], job["split"], job["data_root"])
     start = index * job["block_size"]
     end = min(start + job["block_size"], len(dataset))
@@ -224,6 +227,11 @@ def build_cache(cfg: CacheConfig) -> Path:
     dataset = open_dataset(cfg.dataset, cfg.split, cfg.data_root)
     out = output_dir(cfg)
     identity = build_identity(cfg, dataset)
+    with build_lock(out):  # one build per --out: a second one stops with one line naming this pid
+        return _build(cfg, dataset, out, identity)
+
+
+def _build(cfg: CacheConfig, dataset, out: Path, identity: dict) -> Path:  # noqa: ANN001
     if _prepare(cfg, out, identity):
         click.echo(f"cache: {out} is already complete; nothing to do")
         return out
@@ -238,7 +246,7 @@ def build_cache(cfg: CacheConfig) -> Path:
         "dataset": cfg.dataset, "split": cfg.split, "data_root": cfg.data_root, "detector": cfg.detector,
         "gray": cfg.gray, "detect_size": cfg.detect_size, "steps": identity["subpixel_steps"],
         "format": cfg.format, "store_size": cfg.store_size, "block_size": cfg.block_size,
-        "out": os.fspath(out),
+        "out": os.fspath(out), "parent_pid": os.getpid(),
     }  # fmt: skip
     workers = max(1, min(cfg.workers, len(todo)))
     started = time.perf_counter()
@@ -258,7 +266,8 @@ def build_cache(cfg: CacheConfig) -> Path:
             f"finished, run `kamim cache finalize {out}`"
         )
         return out
-    finalize(out)
+    with naming(out):  # a full disk inside zarr's writer names no file: name the cache
+        finalize(out)
     click.echo(summary_line(out) + f"; built {rate}")
     return out
 

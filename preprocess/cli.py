@@ -82,8 +82,10 @@ def finalize(directory: str) -> None:
     """
     from kamim.cache.finalize import finalize as finalize_cache
     from kamim.preprocess.build import summary_line
+    from kamim.preprocess.guard import build_lock, naming
 
-    finalize_cache(Path(directory))
+    with build_lock(Path(directory)), naming(Path(directory)):
+        finalize_cache(Path(directory))
     click.echo(summary_line(Path(directory)))
 
 
