@@ -1,4 +1,4 @@
-"""`make bench`: every CPU benchmark in turn (loader, step, build, fidelity, wds vs folder), each printing
+"""`make bench`: every CPU benchmark in turn (loader, step, peer, build, fidelity, wds vs folder), each printing
 its ratio lines as it finishes, then the README Performance section and the chart.
 
     python -m bench.run_all                       # full run, ~15-20 min on 2 quiet cores (first run
@@ -21,7 +21,7 @@ import click
 from .common import ratio_line
 from .large_photos import ensure_large_photos
 
-BENCHMARKS = ("loader", "step", "build", "fidelity", "wds_vs_folder")
+BENCHMARKS = ("loader", "step", "peer", "build", "fidelity", "wds_vs_folder")
 
 
 @click.command()
