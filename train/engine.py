@@ -71,6 +71,12 @@ def micro_batch(model: nn.Module, batch: dict[str, torch.Tensor], spec: LossSpec
                                                                   "recon": recon, "weights": weights}
 
 
+def parameters_finite(model: nn.Module) -> bool:
+    """Every parameter free of NaN/Inf (one host sync for the whole model)."""
+    flags = [torch.isfinite(p.detach()).all() for p in model.parameters()]
+    return bool(torch.stack(flags).all()) if flags else True
+
+
 def train_steps(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, scaler: torch.amp.GradScaler,  # noqa: ANN001
                 batches: Iterator[dict[str, torch.Tensor]], device: Device, spec: LossSpec, start: int, stop: int,
                 accumulation: int, clip_grad: float, skip_non_finite: bool = False) -> Iterator[StepResult]:

@@ -24,7 +24,7 @@ from .compile import adamw, check_compile, compile_module, restore_optimizer_imp
 from .data import EpochBatches, PretrainSamples, collate
 from .device import Device, resolve_device, to_host
 from .distributed import broadcast_object, main_first, mean_across_ranks
-from .engine import LossSpec, train_steps
+from .engine import LossSpec, parameters_finite, train_steps
 from .models import MODELS, build_model
 from .observe import MetricsLog, save_grid
 from .setup import is_wds_cache, open_training_cache, parse_overrides, resume_mismatches
@@ -259,6 +259,13 @@ def run_pretrain(cfg: PretrainConfig) -> Path:
     return run_dir
 
 
+def intact(run_dir: Path, saved: int | None) -> str:
+    """What is safe to resume from: said only of a checkpoint this process verified finite."""
+    if saved is None:
+        return "no checkpoint was written"
+    return f"the last checkpoint ({run_dir / 'checkpoints'}/step-{saved:07d}.pt, checked finite) is intact"
+
+
 def run_steps(train_model, model, optimizer, scheduler, scaler, batches, device: Device, spec: LossSpec,  # noqa: ANN001
               cfg: PretrainConfig, start: int, stop: int, total: int, metrics: MetricsLog | None, save,
               run_dir: Path, batches_per_epoch: int) -> None:
@@ -266,6 +273,7 @@ def run_steps(train_model, model, optimizer, scheduler, scaler, batches, device:
 
     bar = tqdm(total=total, initial=start, desc="pretrain", disable=not device.is_main, dynamic_ncols=True)
     skipped = 0
+    saved = start or None  # the newest checkpoint known finite (a resumed one was checked at load)
     try:  # close the bar even on an error, so the error starts its own line
         for result in train_steps(train_model, optimizer, scheduler, scaler, batches, device, spec, start, stop,
                                   cfg.accumulation, cfg.clip_grad, cfg.nan_policy == "skip"):
@@ -275,8 +283,12 @@ def run_steps(train_model, model, optimizer, scheduler, scaler, batches, device:
             if step % cfg.log_every == 0 or step % cfg.save_every == 0 or step == stop:  # on every rank: collective
                 loss = float(mean_across_ranks(result.loss, device))
                 if not (math.isfinite(loss) and math.isfinite(float(result.grad_norm))) and not result.skipped:
-                    raise UserError(f"loss became {loss} at step {step} (grad norm {float(result.grad_norm)}); the "
-                                    f"last checkpoint is intact: lower --lr, use --precision fp32 or --nan-policy skip")
+                    raise UserError(f"loss became {loss} at step {step} (grad norm {float(result.grad_norm)}); "
+                                    f"{intact(run_dir, saved)}: lower --lr, use --precision fp32 or --nan-policy skip")
+                if not parameters_finite(model):  # the update itself can overflow (huge lr, warmup lr, decay)
+                    raise UserError(f"the weights are NaN/Inf after the update of step {step} (lr {result.lr:g}); "
+                                    f"{intact(run_dir, saved)}: lower --lr/--warmup-lr/--weight-decay or use "
+                                    f"--precision fp32")
             if metrics is not None and (step % cfg.log_every == 0 or step == stop):
                 epoch = step * cfg.accumulation / batches_per_epoch
                 grad_norm = float(result.grad_norm)
@@ -293,6 +305,7 @@ def run_steps(train_model, model, optimizer, scheduler, scaler, batches, device:
                           last["recon"], last["weights"])
             if step % cfg.save_every == 0 or step == stop:
                 save(step)
+                saved = step
             bar.update(1)
     finally:
         bar.close()

@@ -103,3 +103,73 @@ def test_skip_policy_drops_the_bad_updates_counts_them_and_finishes(data, tmp_pa
 def test_unknown_nan_policy_is_refused(data, tmp_path):
     with pytest.raises(UserError, match="--nan-policy"):
         run_pretrain(tiny(data, tmp_path / "run", nan_policy="ignore"))
+
+
+# The update itself can overflow while the loss and gradients before it are finite (a huge --lr or
+# --warmup-lr, or --weight-decay). The injector is an optimizer post-step hook (torch's own API) that
+# turns the real AdamW's updated weights into Inf after its k-th step.
+def poison_update(monkeypatch, at_step: int) -> None:
+    calls = [0]
+
+    def hook(optimizer, args, kwargs):  # noqa: ANN001, ANN202
+        calls[0] += 1
+        if calls[0] == at_step:
+            with torch.no_grad():
+                optimizer.param_groups[0]["params"][0].add_(float("inf"))
+
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    handle = register_optimizer_step_post_hook(hook)
+    monkeypatch.setattr(pretrain_module, "_poison_handle", handle, raising=False)
+
+
+@pytest.fixture
+def unhook():
+    yield
+    handle = getattr(pretrain_module, "_poison_handle", None)
+    if handle is not None:
+        handle.remove()
+
+
+@pytest.mark.parametrize("policy", ["stop", "skip"])
+def test_non_finite_weights_after_the_only_step_write_no_checkpoint_and_no_export(data, tmp_path, monkeypatch,
+                                                                                 unhook, policy):
+    poison_update(monkeypatch, at_step=1)
+    with pytest.raises(UserError) as caught:
+        run_pretrain(tiny(data, tmp_path / "run", steps=1, nan_policy=policy))
+    message = str(caught.value)
+    assert "NaN/Inf after the update of step 1" in message and "no checkpoint was written" in message
+    assert "intact" not in message  # nothing is called intact that was not verified
+    assert list_checkpoints(tmp_path / "run") == [] and not (tmp_path / "run" / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("policy", ["stop", "skip"])
+def test_non_finite_weights_mid_run_name_only_a_verified_checkpoint(data, tmp_path, monkeypatch, unhook, policy):
+    """Poisoned at step 5; with sparse logging the next check is the save at step 6."""
+    poison_update(monkeypatch, at_step=5)
+    with pytest.raises(UserError) as caught:
+        run_pretrain(tiny(data, tmp_path / "run", log_every=4, nan_policy=policy))
+    message = str(caught.value)
+    assert "step 6" in message and "step-0000004.pt, checked finite) is intact" in message
+    saved = list_checkpoints(tmp_path / "run")
+    assert [p.name for p in saved] == ["step-0000002.pt", "step-0000004.pt"]
+    assert all(all_finite(load_checkpoint(p)["model"]) for p in saved)
+
+
+def test_non_finite_model_is_never_exported_checkpointed_or_probed(tmp_path):
+    from kamim.train.checkpoint import atomic_save, export_model, load_pretrained, save_checkpoint
+    from kamim.train.models import build_model
+
+    model = build_model("vit_t", depth=1, embed_dim=32, num_heads=2)
+    with torch.no_grad():
+        model.mask_token.fill_(float("nan"))
+    with pytest.raises(UserError, match="not writing .*model.safetensors.*mask_token"):
+        export_model(model, {"model": "vit_t"}, tmp_path / "run")
+    with pytest.raises(UserError, match="not writing .*step-0000001.pt"):
+        save_checkpoint(tmp_path / "run", 1, {"model": model.state_dict()})
+    assert all(p.is_dir() for p in (tmp_path / "run").rglob("*"))  # no file, not even a temp
+    # a NaN checkpoint from elsewhere (an older kamim) is refused by linprobe/finetune's loader
+    info = {"model": "vit_t", "overrides": {"depth": 1, "embed_dim": 32, "num_heads": 2}}
+    path = atomic_save({"model": model.state_dict(), "model_info": info}, tmp_path / "old.pt")
+    with pytest.raises(UserError, match="non-finite weights"):
+        load_pretrained(path)
