@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -21,8 +22,8 @@ class MetricsLog:
     def __init__(self, run_dir: Path, config: dict[str, Any], tensorboard: bool = False,
                  wandb_project: str | None = None, start_step: int = 0) -> None:
         self.path = Path(run_dir) / "metrics.jsonl"
-        if start_step and self.path.exists():
-            self._truncate_after(start_step)  # records past the checkpoint were never saved: redo them
+        if self.path.exists():  # records past the checkpoint (all of them for a fresh start) are redone
+            self._truncate_after(start_step)
         self.file = self.path.open("a")
         self.tb = self.wandb = None
         if tensorboard:
@@ -39,14 +40,46 @@ class MetricsLog:
             self.wandb = wandb.init(project=wandb_project, config=config, dir=str(run_dir), resume="allow")
 
     def _truncate_after(self, step: int) -> None:
-        kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
+        """Keep the records up to ``step``. A torn last line (a write cut short by a full disk or a kill)
+        is dropped; an unreadable line before the last one is damage, named in one line."""
+        text = self.path.read_text(errors="replace")
+        lines = text.split("\n")
+        complete, torn = lines[:-1], lines[-1]  # text after the last newline never finished writing
+        kept = []
+        for number, line in enumerate(complete, start=1):
+            if not line:
+                continue
+            try:
+                record = json.loads(line)
+                step_of = record.get("step", 0) if isinstance(record, dict) else None
+            except ValueError:
+                step_of = None
+            if not isinstance(step_of, int):
+                if number == len(complete) and not torn:  # a torn last record that did get its newline
+                    break
+                raise UserError(f"{self.path} line {number} is not a metrics record ({line[:60]!r}); delete that "
+                                f"line (or the file) and resume")
+            if step_of <= step:
+                kept.append(line)
         tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
+        try:
+            tmp.write_text("".join(line + "\n" for line in kept))
+        except OSError as error:
+            tmp.unlink(missing_ok=True)
+            raise UserError(f"cannot rewrite {self.path} ({os.strerror(error.errno or 0)}); free disk space and "
+                            f"resume") from None
         os.replace(tmp, self.path)
 
     def write(self, record: dict[str, Any]) -> None:
-        self.file.write(json.dumps(jsonable(record)) + "\n")
-        self.file.flush()
+        line = json.dumps(jsonable(record)) + "\n"
+        try:
+            end = os.fstat(self.file.fileno()).st_size  # every earlier record was flushed whole
+            self.file.write(line)
+            self.file.flush()
+        except OSError as error:  # full disk or size limit: cut the torn line off, name the file
+            self._cut_to(end)
+            raise UserError(f"cannot write {self.path}: {os.strerror(error.errno or 0)}; free disk space and "
+                            f"resume (--resume): checkpoints so far are intact") from None
         step = record["step"]
         numbers = {k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "step"}
         if self.tb is not None:
@@ -54,6 +87,14 @@ class MetricsLog:
                 self.tb.add_scalar(f"pretrain/{key}", value, step)
         if self.wandb is not None:
             self.wandb.log(numbers, step=step)
+
+    def _cut_to(self, end: int) -> None:
+        """Drop a partly written record (whatever reached the disk past ``end``); the rest stays valid."""
+        with contextlib.suppress(OSError):  # the buffered rest cannot be flushed either; the truncate drops it
+            self.file.close()
+        with contextlib.suppress(OSError):  # if even this fails, resume drops a torn last line (_truncate_after)
+            os.truncate(self.path, end)
+        self.file = self.path.open("a")
 
     def close(self) -> None:
         self.file.close()
