@@ -19,7 +19,7 @@ from kamim.errors import UserError
 from kamim.paths import runs_root
 from kamim.validation import check_numbers, check_out
 
-from .checkpoint import export_model, latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import export_model, latest_checkpoint, load_checkpoint, non_finite, save_checkpoint
 from .compile import adamw, check_compile, compile_module, restore_optimizer_impl
 from .data import EpochBatches, PretrainSamples, collate
 from .device import Device, resolve_device, to_host
@@ -27,7 +27,14 @@ from .distributed import broadcast_object, main_first, mean_across_ranks
 from .engine import LossSpec, parameters_finite, train_steps
 from .models import MODELS, build_model
 from .observe import MetricsLog, save_grid
-from .setup import is_wds_cache, open_training_cache, parse_overrides, resume_mismatches
+from .setup import (
+    check_resume_data,
+    data_fingerprints,
+    is_wds_cache,
+    open_training_cache,
+    parse_overrides,
+    resume_mismatches,
+)
 from .wds_stream import wds_batches_per_epoch, wds_loader
 from .weighting import WEIGHT_PATCH_SIZES
 
@@ -176,6 +183,12 @@ def run_pretrain(cfg: PretrainConfig) -> Path:
     dataset = None if streamed else open_dataset(cfg.dataset, cfg.split, cfg.data_root)
     with main_first(device):  # rank 0 builds a missing cache; the others then open it
         cache = open_training_cache(cfg, dataset, log) if mode == "cached" else None
+    fingerprints = data_fingerprints(dataset, cache)
+    if checkpoint is not None:  # before anything is written: same data, and a checkpoint worth continuing
+        check_resume_data(checkpoint, path, fingerprints)
+        if non_finite(checkpoint["model"]) is not None:
+            raise UserError(f"--resume: {path} holds NaN/Inf weights ({non_finite(checkpoint['model'])}); delete it "
+                            f"to resume from the one before")
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, IMG_SIZE, **cfg.overrides).to(device.device)
     check_compile(cfg.compile, device.kind)
@@ -243,7 +256,7 @@ def run_pretrain(cfg: PretrainConfig) -> Path:
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                  "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "step": step,
                  "micro_batches": step * cfg.accumulation, "world": device.world, "rng": rng_states(), "config": config_dict(cfg),
-                 "model_info": {**info, "step": step}, "cache_fingerprint": fingerprint}
+                 "model_info": {**info, "step": step}, "cache_fingerprint": fingerprint, "data_fingerprints": fingerprints}
         if device.is_main:
             save_checkpoint(run_dir, step, to_host(state), keep=cfg.keep_checkpoints)
 

@@ -79,3 +79,31 @@ def open_training_cache(cfg: Any, dataset: Any, log: Callable[..., None]) -> Any
                         f"--dataset {cfg.dataset} --split {cfg.split}; pass those or another cache")
     log(f"keypoint cache {path} ({manifest['detector']}, detect size {manifest['detect_size']})", err=True)
     return cache
+
+
+def data_fingerprints(dataset: Any, cache: Any) -> dict[str, str | None]:
+    """What a run trains on: the dataset's files (names and sizes, in order) and the keypoint cache's
+    identity (the fingerprint of the files it was built from, its detector and size). Saved in every
+    checkpoint; ``check_resume_data`` compares them on ``--resume``."""
+    found: dict[str, str | None] = {"dataset": dataset.fingerprint() if dataset is not None else None, "cache": None}
+    if cache is not None:
+        manifest = cache.manifest
+        found["cache"] = "/".join(str(v) for v in (manifest["dataset"]["fingerprint"], manifest["dataset"]["count"],
+                                                   manifest["detector"], manifest["detect_size"], manifest["gray"]))
+    return found
+
+
+def check_resume_data(checkpoint: dict[str, Any], path: Path, now: dict[str, str | None]) -> None:
+    """``--resume`` continues on the data the run started on: files added, removed or resized under
+    ``--data-root``, or another ``--cache``/``--data-root`` with other content, are refused in one line."""
+    saved = checkpoint.get("data_fingerprints")
+    if not isinstance(saved, dict):  # older checkpoints: only the cache's dataset fingerprint (or the dataset's)
+        legacy = checkpoint.get("cache_fingerprint")
+        if legacy is None:
+            return
+        saved, now = {"data": legacy}, {"data": (now["cache"] or "").split("/")[0] or now["dataset"]}
+    changed = [key for key in sorted(set(saved) | set(now)) if saved.get(key) != now.get(key)]
+    if changed:
+        what = " and ".join(f"the {key} (fingerprint {saved.get(key)} then, {now.get(key)} now)" for key in changed)
+        raise UserError(f"--resume: {path} was trained on other data: {what} changed; files were added, removed or "
+                        f"resized, or --data-root/--cache point elsewhere. Resume with the run's data or start a new --out")
