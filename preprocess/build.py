@@ -38,7 +38,7 @@ from kamim.cache.manifest import (
 )
 from kamim.cache.parts import Block, block_path, finished_blocks, remove_stale_temps, write_block
 from kamim.cache.points import SUBPIXEL_STEPS, decode_points, encode_points, max_side
-from kamim.cache.wds_store import JPEG_QUALITY, SHARD_NAME, encode_sample, write_shard
+from kamim.cache.wds_store import JPEG_QUALITY, SHARD_INDEX_VERSION, SHARD_NAME, encode_sample, write_shard
 from kamim.config import format_config, save_config
 from kamim.datasets import BadSampleError, open_dataset
 from kamim.errors import UserError
@@ -125,6 +125,7 @@ def build_identity(cfg: CacheConfig, dataset) -> dict:
         "num_blocks": -(-len(dataset) // cfg.block_size),
         "store_size": cfg.store_size,
         "jpeg_quality": JPEG_QUALITY if cfg.format == "wds" else None,
+        **({"shard_index": SHARD_INDEX_VERSION} if cfg.format == "wds" else {}),  # shards carry checksums
     }
 
 

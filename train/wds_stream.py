@@ -39,13 +39,14 @@ class WdsPretrainStream(IterableDataset):
 
     def __init__(self, shards: list[str | os.PathLike], mode: str, model_patch_size: int, seed: int,
                  batch_size: int, rank: int = 0, start: int = 0, detector: str = "fast", gray: str = "bgr",
-                 img_size: int = 192) -> None:
+                 img_size: int = 192, verify: bool = False) -> None:
         if not shards:
             raise ValueError("no webdataset shards to stream")
         self.shards = [os.fspath(s) for s in shards]
         self.mode, self.model_patch_size, self.seed = mode, model_patch_size, seed
         self.batch_size, self.rank, self.start = batch_size, rank, start
         self.detector, self.gray, self.img_size = detector, gray, img_size
+        self.verify = verify  # every shard must carry its index (checksums): the cache's manifest says so
 
     def stream_seed(self) -> int:
         info = get_worker_info()
@@ -55,11 +56,13 @@ class WdsPretrainStream(IterableDataset):
     def samples(self) -> Iterator[dict[str, torch.Tensor]]:
         import webdataset as wds
 
-        from kamim.cache.wds_store import decode_wds_sample
+        from kamim.cache.wds_store import decode_wds_sample, read_shard
 
         seed = self.stream_seed()
         shards = wds.ResampledShards(self.shards, seed=seed, worker_seed=_zero_seed, deterministic=True)
-        raw = wds.tarfile_samples(shards, select_files=_known_file)
+        # The cache's own reader: each sample checked against its shard's index before it is used, and
+        # a damaged shard is one line naming it (webdataset's tar reader stops silently at a bad header).
+        raw = (sample for shard in shards for sample in read_shard(shard["url"], self.verify))
         mixed = wds.shuffle(SHUFFLE_BUFFER, SHUFFLE_BUFFER // 4, rng=random.Random(seed))(raw)
         for draw, sample in enumerate(mixed):
             image, points, _ = decode_wds_sample(sample)
@@ -88,13 +91,6 @@ class WdsPretrainStream(IterableDataset):
                 batch = []
 
 
-def _known_file(name: str) -> bool:
-    # The cache's own rule (only its three keys, no path-like member names), so a hostile shard reads alike.
-    from kamim.cache.wds_store import _known_file as cache_known_file
-
-    return cache_known_file(name)
-
-
 def wds_batches_per_epoch(good_samples: int, batch_size: int, world: int) -> int:
     """Batches per rank that make one pass over the data's size (at least one)."""
     return max(1, good_samples // (batch_size * world))
@@ -104,5 +100,26 @@ def wds_loader(cache, mode: str, model_patch_size: int, seed: int, batch_size: i
                workers: int, start: int = 0, detector: str = "fast", gray: str = "bgr",
                pin_memory: bool = False) -> torch.utils.data.DataLoader:
     """An endless DataLoader of this rank's batches from a ``WdsCache`` (``start``: micro-batches done)."""
-    stream = WdsPretrainStream(cache.shards, mode, model_patch_size, seed, batch_size, rank, start, detector, gray)
-    return torch.utils.data.DataLoader(stream, batch_size=None, num_workers=workers, pin_memory=pin_memory)
+    stream = WdsPretrainStream(cache.shards, mode, model_patch_size, seed, batch_size, rank, start, detector, gray,
+                               verify=bool(getattr(cache, "checksummed", False)))
+    return OneLineErrorLoader(stream, batch_size=None, num_workers=workers, pin_memory=pin_memory)
+
+
+class OneLineErrorLoader(torch.utils.data.DataLoader):
+    """A DataLoader whose workers' UserErrors (a damaged shard) reach the user as their own one line,
+    not wrapped in torch's "Caught UserError in DataLoader worker" text with the worker's traceback."""
+
+    def __iter__(self) -> Iterator:
+        from kamim.errors import UserError
+
+        batches = super().__iter__()
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            except UserError as error:
+                text = error.format_message()
+                marker = "UserError: "
+                raise UserError(text.rsplit(marker, 1)[1] if marker in text else text) from None
+            yield batch
