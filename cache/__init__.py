@@ -10,7 +10,7 @@ def open_cache(path: str | os.PathLike, **reader_options):
 
     Returns a ``ZarrCache`` (random access: ``points(i)`` in source-image pixels) or a ``WdsCache``
     (a stream of (image, points in that image's pixels, label)). UserError if incomplete or unknown.
-    ``reader_options`` go to ``ZarrCache`` (``preload_bytes``: hold smaller points arrays in RAM).
+    ``reader_options`` go to ``ZarrCache`` (none are needed: the reader memory-maps a derived flat file).
     """
     from kamim.cache.manifest import read_manifest
 

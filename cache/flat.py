@@ -1,0 +1,294 @@
+"""The derived flat points file: a zarr cache's points decoded once, memory-mapped by every reader.
+
+Why: a zarr read costs about a millisecond per image and decoding the delta codes a few tens of
+microseconds, and holding a decoded copy per DataLoader worker costs gigabytes at ImageNet scale. The
+flat file holds each image's absolute quantised positions (uint16: its x codes, then its y codes), so
+``points(i)`` is a slice plus one multiply-add per column, the same cost at any N, and the OS page
+cache shares the pages between all workers.
+
+Layout (one file, written to a unique temp name and renamed into place, so a reader never sees a
+partial file and two builders cannot corrupt each other): a 4 KiB header (magic, JSON, crc32c of the
+JSON), then 4 KiB-aligned sections ``offsets`` int64 [N+1], ``scale`` float64 [N,2], ``status`` uint8
+[N], ``points`` uint16 [2M] and ``block_crc`` uint32 (crc32c of each 1 MiB of ``points``).
+
+Trust: the header records a key hashed from the manifest, the zarr metadata and the names, sizes and
+mtimes of the store's files; any change to the store makes the file stale and it is rebuilt. Opening
+checks the header, the file size and the crc32c of the small sections (milliseconds at 1.28 M images);
+each 1 MiB block of points is checked the first time a process reads from it (about 1 us per sample
+amortised). A mismatch at open rebuilds the file; one found later deletes it and rebuilds it.
+
+Where: ``$KAMIM_DERIVED_DIR/<name>-<hash>.flat`` if set, else ``<cache dir>.flat`` beside the cache
+when its parent is writable, else ``~/.cache/kamim/derived/<name>-<hash>.flat``. It is built by a
+child process (``python -m kamim.cache.flat CACHE DEST``) under a lock file, so the calling process
+never starts zarr's I/O thread (fork-safe) and concurrent workers build it once. Building reads and
+verifies the whole zarr store (kamim.cache.zarr_store.verified_store).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import secrets
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import google_crc32c
+import numpy as np
+
+from kamim.errors import UserError
+
+FLAT_VERSION = 1
+MAGIC = b"KAMIMFLAT1\n"
+HEADER_BYTES = 4096
+BLOCK_BYTES = 1 << 20
+ARRAYS = ("offsets", "points", "scale", "status")
+
+
+class StaleFlat(Exception):
+    """The derived file is missing, stale or damaged: rebuild it (never use it)."""
+
+
+def flat_path(cache_dir: str | os.PathLike) -> Path:
+    real = Path(cache_dir).resolve()
+    tag = f"{real.name}-{hashlib.sha1(str(real).encode()).hexdigest()[:12]}.flat"
+    if os.environ.get("KAMIM_DERIVED_DIR"):
+        return Path(os.environ["KAMIM_DERIVED_DIR"]) / tag
+    if os.access(real.parent, os.W_OK):
+        return real.parent / f"{real.name}.flat"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "kamim" / "derived" / tag
+
+
+def store_key(cache_dir: str | os.PathLike, manifest: dict) -> str:
+    """Identity of the store as it is now: manifest, zarr metadata, every file's name, size, mtime."""
+    cache_dir = Path(cache_dir)
+    digest = hashlib.sha256(f"flat {FLAT_VERSION}\n".encode())
+    digest.update(json.dumps(manifest, sort_keys=True).encode())
+    files = [cache_dir / "zarr.json"]
+    for name in ARRAYS:
+        folder = cache_dir / name
+        files += sorted(p for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else [folder]
+    for file in files:
+        try:
+            stat = file.stat()
+        except OSError:
+            digest.update(f"{file.relative_to(cache_dir)} missing\n".encode())
+            continue
+        digest.update(f"{file.relative_to(cache_dir)} {stat.st_size} {stat.st_mtime_ns}\n".encode())
+        if file.name == "zarr.json":
+            digest.update(file.read_bytes())
+    return digest.hexdigest()
+
+
+def _layout(images: int, rows: int) -> tuple[dict[str, tuple[int, str, tuple]], int]:
+    """{section: (byte offset, dtype, shape)} and the total file size."""
+    blocks = -(-rows * 4 // BLOCK_BYTES)
+    shapes = {"offsets": ("<i8", (images + 1,)), "scale": ("<f8", (images, 2)), "status": ("|u1", (images,)),
+              "points": ("<u2", (2 * rows,)), "block_crc": ("<u4", (blocks,))}
+    sections, at = {}, HEADER_BYTES
+    for name, (dtype, shape) in shapes.items():
+        sections[name] = (at, dtype, shape)
+        at += -(-int(np.dtype(dtype).itemsize * np.prod(shape)) // 4096) * 4096
+    return sections, at
+
+
+def _crc(array: np.ndarray) -> int:
+    return google_crc32c.value(np.ascontiguousarray(array).view(np.uint8).tobytes())
+
+
+def _section(mm: np.memmap, where: tuple[int, str, tuple]) -> np.ndarray:
+    at, dtype, shape = where
+    size = int(np.dtype(dtype).itemsize * np.prod(shape))
+    return mm[at : at + size].view(dtype).reshape(shape)
+
+
+class FlatPoints:
+    """An open, checked flat file (read-only memory map). ``codes(i)``: uint16 [2n] x codes then y."""
+
+    def __init__(self, path: Path, key: str) -> None:
+        self.path = path
+        try:
+            with open(path, "rb") as handle:
+                head = handle.read(HEADER_BYTES)
+                self.inode = os.fstat(handle.fileno()).st_ino
+                size = os.fstat(handle.fileno()).st_size
+        except FileNotFoundError:
+            raise StaleFlat(f"{path}: missing") from None
+        if len(head) < HEADER_BYTES or not head.startswith(MAGIC):
+            raise StaleFlat(f"{path}: not a flat points file")
+        length, crc = struct.unpack_from("<II", head, len(MAGIC))
+        text = head[len(MAGIC) + 8 : len(MAGIC) + 8 + length]
+        if length > HEADER_BYTES or google_crc32c.value(text) != crc:
+            raise StaleFlat(f"{path}: header checksum mismatch")
+        header = json.loads(text)
+        if header.get("version") != FLAT_VERSION or header.get("key") != key:
+            raise StaleFlat(f"{path}: built from another store or version")
+        self.header = header
+        self.sections, total = _layout(header["images"], header["rows"])
+        if size != total:
+            raise StaleFlat(f"{path}: {size} bytes, expected {total}")
+        mm = np.memmap(path, dtype=np.uint8, mode="r", shape=(total,))
+        for name in ("offsets", "scale", "status", "block_crc"):
+            if _crc(_section(mm, self.sections[name])) != header["crc"][name]:
+                raise StaleFlat(f"{path}: section {name} checksum mismatch")
+        self.offsets = _section(mm, self.sections["offsets"])
+        self.scale = _section(mm, self.sections["scale"])
+        self.status = _section(mm, self.sections["status"])
+        self.points = _section(mm, self.sections["points"])
+        self.block_crc = _section(mm, self.sections["block_crc"])
+        self._bytes = mm[self.sections["points"][0] :]
+        self._verified = bytearray(len(self.block_crc))  # blocks this process has checked
+        self.checksummed_store = bool(header["checksummed_store"])
+
+    def codes(self, index: int) -> np.ndarray:
+        start, end = 2 * int(self.offsets[index]), 2 * int(self.offsets[index + 1])
+        if end > start:
+            first, last = 2 * start // BLOCK_BYTES, (2 * end - 1) // BLOCK_BYTES
+            if not (self._verified[first] and self._verified[last]):
+                self._verify(first, last)
+        return self.points[start:end]
+
+    def _verify(self, first: int, last: int) -> None:
+        for block in range(first, last + 1):
+            if not self._verified[block]:
+                piece = self._bytes[block * BLOCK_BYTES : (block + 1) * BLOCK_BYTES]
+                limit = 4 * int(self.header["rows"]) - block * BLOCK_BYTES
+                if google_crc32c.value(piece[: min(BLOCK_BYTES, limit)].tobytes()) != int(self.block_crc[block]):
+                    raise StaleFlat(f"{self.path}: points block {block} checksum mismatch")
+                self._verified[block] = 1
+
+
+def build_flat(cache_dir: Path, dest: Path) -> None:
+    """Read and verify the zarr store, write the flat file to a unique temp name, rename it into place."""
+    from kamim.cache.manifest import read_manifest
+    from kamim.cache.zarr_store import verified_store
+
+    manifest = read_manifest(cache_dir)
+    key = store_key(cache_dir, manifest)
+    store = verified_store(cache_dir, manifest)
+    images, rows = len(store.status), int(store.offsets[-1])
+    sections, total = _layout(images, rows)
+    tmp = dest.with_name(f"{dest.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        with open(tmp, "wb") as handle:
+            os.posix_fallocate(handle.fileno(), 0, total)  # disk full fails here, not as SIGBUS in a memmap
+        mm = np.memmap(tmp, dtype=np.uint8, mode="r+", shape=(total,))
+        crcs = {}
+        for name, array in (("offsets", store.offsets), ("scale", store.scale), ("status", store.status)):
+            _section(mm, sections[name])[:] = array
+            crcs[name] = _crc(array.astype(sections[name][1]))
+        points = _section(mm, sections["points"])
+        for first, end, q in store.point_batches():
+            _transpose_into(points, store.offsets[first : end + 1], q)
+        raw = mm[sections["points"][0] : sections["points"][0] + 4 * rows]
+        block_crc = np.array([google_crc32c.value(raw[b : b + BLOCK_BYTES].tobytes())
+                              for b in range(0, 4 * rows, BLOCK_BYTES)], np.uint32)
+        _section(mm, sections["block_crc"])[:] = block_crc
+        crcs["block_crc"] = _crc(block_crc)
+        header = {"version": FLAT_VERSION, "key": key, "images": images, "rows": rows, "crc": crcs,
+                  "steps": int(manifest["subpixel_steps"]), "checksummed_store": store.checksummed,
+                  "store": str(Path(cache_dir).resolve())}
+        text = json.dumps(header, sort_keys=True).encode()
+        mm[:HEADER_BYTES] = 0
+        mm[: len(MAGIC) + 8 + len(text)] = np.frombuffer(
+            MAGIC + struct.pack("<II", len(text), google_crc32c.value(text)) + text, np.uint8)
+        mm.flush()
+        del mm, points, raw
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, dest)
+    except OSError as error:
+        raise UserError(f"{dest}: cannot write the derived points file ({error.strerror or error}); free "
+                        f"space there or point $KAMIM_DERIVED_DIR at a disk with {total / 2**30:.1f} GiB free") from None
+    finally:
+        tmp.unlink(missing_ok=True)
+    if not store.checksummed:
+        print(f"note: {cache_dir} was written before kamim's cache checksums: it is readable but damage to it "
+              f"cannot always be detected; rebuild it with `kamim cache` to protect it", file=sys.stderr)
+
+
+def _transpose_into(points: np.ndarray, offsets: np.ndarray, q: np.ndarray) -> None:
+    """Write rows ``q`` [m,2] of images with ``offsets`` as each image's x codes, then its y codes."""
+    base = int(offsets[0])
+    counts = np.diff(offsets)
+    local = offsets[:-1] - base
+    owner = np.repeat(np.arange(len(counts)), counts)
+    x_at = 2 * local[owner] + (np.arange(len(q)) - local[owner])
+    segment = points[2 * base : 2 * (base + len(q))]
+    segment[x_at] = q[:, 0]
+    segment[x_at + counts[owner]] = q[:, 1]
+
+
+@contextlib.contextmanager
+def _locked(dest: Path):
+    with open(dest.with_name(dest.name + ".lock"), "a+b") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)  # released when the process dies, too
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def open_flat(cache_dir: str | os.PathLike, manifest: dict, discard: FlatPoints | None = None) -> FlatPoints:
+    """The checked flat file for this cache, building it first (once, under a lock) when needed.
+    ``discard``: a file found damaged after opening; it is deleted (if still in place) and rebuilt."""
+    cache_dir = Path(cache_dir)
+    dest = flat_path(cache_dir)
+    key = store_key(cache_dir, manifest)
+    if discard is None:
+        with contextlib.suppress(StaleFlat):
+            return FlatPoints(dest, key)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        lock = _locked(dest)
+        lock.__enter__()
+    except OSError as error:
+        raise UserError(f"{dest.parent}: cannot create the derived points file there ({error.strerror}); "
+                        f"set $KAMIM_DERIVED_DIR to a writable directory") from None
+    try:
+        if discard is not None:
+            with contextlib.suppress(OSError):
+                if os.stat(dest).st_ino == discard.inode:
+                    dest.unlink()
+        with contextlib.suppress(StaleFlat):
+            return FlatPoints(dest, key)  # another process built it while this one waited
+        for stale in dest.parent.glob(f"{dest.name}.*.tmp"):  # left by a builder that was killed
+            stale.unlink(missing_ok=True)
+        _build_in_child(cache_dir, dest)
+        try:
+            return FlatPoints(dest, key)
+        except StaleFlat as error:
+            raise UserError(f"{error}: the derived points file fails its checks right after being "
+                            f"built; check the disk, or set $KAMIM_DERIVED_DIR to another one") from None
+    finally:
+        lock.__exit__(None, None, None)
+
+
+def _build_in_child(cache_dir: Path, dest: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "kamim.cache.flat", str(cache_dir), str(dest)],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=False)
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    if done.returncode == 2 and lines:
+        raise UserError(lines[-1].removeprefix("Error: "))
+    if done.returncode != 0:
+        raise RuntimeError(f"building {dest} failed (exit {done.returncode}):\n{done.stderr[-4000:]}")
+    for line in lines:
+        print(line, file=sys.stderr)
+
+
+def main(argv: list[str]) -> int:
+    cache_dir, dest = Path(argv[0]), Path(argv[1])
+    try:
+        build_flat(cache_dir, dest)
+    except UserError as error:
+        print(f"Error: {error.format_message()}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

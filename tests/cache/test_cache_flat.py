@@ -1,0 +1,172 @@
+"""The derived flat points file (kamim.cache.flat) behind ZarrCache: same points as the zarr read path
+for every index, rebuilt (never used) when stale or damaged, safe to build from several processes at
+once, and usable from forked and spawned DataLoader workers without zarr in the parent."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing
+import os
+import shutil
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from kamim.cache import open_cache
+from kamim.cache.flat import BLOCK_BYTES, HEADER_BYTES, flat_path
+from kamim.cache.manifest import atomic_write, json_bytes, keypoint_stats
+from kamim.cache.parts import Block
+from kamim.cache.points import decode_points, encode_points, to_source
+from kamim.cache.zarr_store import POINT_SHARD, write_zarr
+
+
+def write_synthetic(out: Path, images: int, mean: int, steps: int, seed: int = 0) -> Path:
+    """A zarr cache written by the project's writer: Poisson(mean) points per image, every 7th bad."""
+    rng = np.random.default_rng(seed)
+    counts = rng.poisson(mean, images)
+    status = np.zeros(images, np.uint8)
+    status[::7] = 1
+    counts[status == 1] = 0
+    scale = np.stack([rng.uniform(0.3, 2.0, images), rng.uniform(0.3, 2.0, images)], axis=1)
+    codes = [encode_points(rng.uniform(0, [256, 340], (c, 2)), steps) for c in counts]
+    blocks = [Block(i, counts[i : i + 1000], np.concatenate(codes[i : i + 1000]).reshape(-1, 2),
+                    scale[i : i + 1000], status[i : i + 1000]) for i in range(0, images, 1000)]
+    out.mkdir(parents=True)
+    write_zarr(out, blocks, images, int(counts.sum()))
+    ok = status == 0
+    manifest = {"format_version": 1, "format": "zarr", "detector": "sift", "detect_size": 256, "gray": "bgr",
+                "subpixel_steps": steps, "status_counts": {"ok": int(ok.sum()), "bad": int((~ok).sum())},
+                "keypoints_per_image": keypoint_stats(counts[ok]),
+                "dataset": {"name": "synthetic", "split": "train", "count": images, "fingerprint": f"s{seed}"}}
+    atomic_write(out / "manifest.json", json_bytes(manifest))
+    return out
+
+
+def zarr_read_path(cache_dir: Path) -> list[np.ndarray]:
+    """What the zarr store says, read and decoded image by image (the reference)."""
+    group = zarr.open_group(cache_dir, mode="r")
+    offsets, scale, codes = group["offsets"][:], group["scale"][:], group["points"][:]
+    steps = json.loads((cache_dir / "manifest.json").read_text())["subpixel_steps"]
+    return [to_source(decode_points(codes[a:b], steps), s) for a, b, s in zip(offsets[:-1], offsets[1:], scale, strict=True)]
+
+
+def _write_and_read(out: Path, images: int) -> list[np.ndarray]:
+    return zarr_read_path(write_synthetic(out, images, 420, steps=16))
+
+
+def _in_child(out: Path, images: int) -> tuple[Path, list[np.ndarray]]:
+    # zarr runs in a spawned child only, so this process can check that the reader never starts it.
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return out, pool.apply(_write_and_read, (out, images))
+
+
+@pytest.fixture(scope="module")
+def big(tmp_path_factory):
+    # Two zarr shards and ~20 flat-file blocks: batches, shard edges and lazy block checks all run.
+    return _in_child(tmp_path_factory.mktemp("flat") / "big.zarr", 12_600)
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    return _in_child(tmp_path_factory.mktemp("flat") / "small.zarr", 3_000)  # 5 flat-file blocks
+
+
+def test_flat_file_gives_exactly_the_zarr_points_for_every_index(big):
+    cache, expected = big
+    assert sum(len(p) for p in expected) > POINT_SHARD  # more than one shard
+    reader = open_cache(cache)
+    assert not flat_path(cache).exists()  # opening reads the manifest only
+    for index, want in enumerate(expected):
+        got = reader.points(index)
+        assert got.dtype == np.float32 and got.shape == want.shape
+        assert np.array_equal(got, want), index
+    assert np.array_equal(reader.counts, [len(p) for p in expected])
+    assert int(reader.ok.sum()) == 12_600 - 1800 and not reader.is_ok(0) and reader.is_ok(1)
+    assert flat_path(cache).stat().st_size > 16 * BLOCK_BYTES
+    assert len(reader._flat._verified) == sum(reader._flat._verified)  # every block was checked once
+
+
+def _flip(path: Path, at: int) -> None:
+    with open(path, "r+b") as handle:
+        handle.seek(at)
+        byte = handle.read(1)
+        handle.seek(at)
+        handle.write(bytes([byte[0] ^ 0x5A]))
+
+
+@pytest.mark.parametrize("damage", ["points-block", "header", "offsets", "truncate", "other-store"])
+def test_stale_or_damaged_flat_file_is_rebuilt_never_used(small, tmp_path, damage):
+    source, expected = small
+    cache = tmp_path / "c.zarr"
+    shutil.copytree(source, cache)
+    flat = flat_path(cache)
+    open_cache(cache).points(1)  # builds it
+    before = flat.stat().st_ino
+    if damage == "points-block":
+        _flip(flat, flat.stat().st_size - 3 * BLOCK_BYTES)  # inside a late points block: found on first read
+    elif damage == "header":
+        _flip(flat, 40)
+    elif damage == "offsets":
+        _flip(flat, HEADER_BYTES + 8 * 500)
+    elif damage == "truncate":
+        os.truncate(flat, flat.stat().st_size - 4096)
+    else:  # a valid flat file of another store put in its place
+        other, _ = _in_child(tmp_path / "o.zarr", 300)
+        open_cache(other).points(1)
+        shutil.copy(flat_path(other), flat)
+        before = flat.stat().st_ino
+    reader = open_cache(cache)
+    for index in range(len(expected)):
+        assert np.array_equal(reader.points(index), expected[index]), index
+    assert flat.stat().st_ino != before  # it was rebuilt, not patched or trusted
+
+
+def _open_and_digest(cache: str) -> tuple[int, str]:
+    reader = open_cache(cache)
+    digest = np.concatenate([reader.points(i).ravel() for i in range(len(reader))]).tobytes()
+    return reader._flat.inode, hashlib.sha256(digest).hexdigest()
+
+
+def test_processes_opening_at_once_build_one_good_file(small, tmp_path):
+    source, expected = small
+    cache = tmp_path / "c.zarr"
+    shutil.copytree(source, cache)
+    want = hashlib.sha256(np.concatenate([p.ravel() for p in expected]).tobytes()).hexdigest()
+    with multiprocessing.get_context("spawn").Pool(3) as pool:
+        results = pool.map(_open_and_digest, [str(cache)] * 3)
+    assert {digest for _, digest in results} == {want}
+    assert len({inode for inode, _ in results}) == 1  # built once: the others waited for the lock
+    assert not list(flat_path(cache).parent.glob("*.tmp"))
+
+
+class PointsOf:  # a map-style dataset (no torch import here: the spawned pools above stay light)
+    def __init__(self, cache) -> None:
+        self.cache = cache
+
+    def __len__(self) -> int:
+        return len(self.cache)
+
+    def __getitem__(self, index: int):
+        return np.ascontiguousarray(self.cache.points(index)), os.getpid()
+
+
+@pytest.mark.parametrize("context", ["fork", "spawn"])
+def test_forked_and_spawned_dataloader_workers_read_the_same_points(big, context):
+    cache, expected = big
+    reader = open_cache(cache)
+    indices = list(range(0, len(expected), 97))
+    assert np.array_equal(reader.points(indices[1]), expected[indices[1]])  # parent has the file mapped
+    assert not any(t.name == "zarr_io" for t in threading.enumerate())  # zarr never ran in the parent
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(PointsOf(reader), batch_size=None, sampler=indices, num_workers=2,
+                        multiprocessing_context=multiprocessing.get_context(context))
+    pids = set()
+    for index, (points, pid) in zip(indices, loader, strict=True):
+        assert np.array_equal(np.asarray(points), expected[index]), index
+        pids.add(pid)
+    assert len(pids) == 2 and os.getpid() not in pids
