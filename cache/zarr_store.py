@@ -145,7 +145,7 @@ def _reason(error: Exception) -> str:
     return f"unreadable ({type(error).__name__}: {text})" if text else f"unreadable ({type(error).__name__})"
 
 
-def _open_array(group_path: Path, manifest: dict, name: str, shape: tuple) -> tuple[zarr.Array, bool]:
+def _open_array(group_path: Path, manifest: dict, name: str, shape: tuple | None) -> tuple[zarr.Array, bool]:
     meta = group_path / name / "zarr.json"
     try:
         array = zarr.open_array(group_path / name, mode="r", zarr_format=3)
@@ -153,6 +153,7 @@ def _open_array(group_path: Path, manifest: dict, name: str, shape: tuple) -> tu
     except Exception as error:  # noqa: BLE001 - missing or garbled metadata
         raise damaged(group_path, manifest, meta, "missing or unreadable array metadata" if not meta.is_file()
                       else _reason(error)) from None
+    shape = shape or tuple(array.shape)
     if tuple(array.shape) != shape:
         raise damaged(group_path, manifest, meta, f"shape {tuple(array.shape)}, expected {shape}")
     expected = -(-shape[0] // array.shards[0]) if shape[0] else 0
@@ -182,8 +183,11 @@ def verified_store(path: str | os.PathLike, manifest: dict | None = None) -> Ver
     opened = {name: _open_array(path, manifest, name, shape) for name, shape in
               (("offsets", (n + 1,)), ("status", (n,)), ("scale", (n, 2)))}
     offsets = _read_all(opened["offsets"][0], path, manifest, "offsets")
-    rows = int(offsets[-1]) if len(offsets) else 0
-    points, points_crc = _open_array(path, manifest, "points", (rows, 2))
+    points, points_crc = _open_array(path, manifest, "points", None)
+    rows = int(offsets[-1])
+    if tuple(points.shape) != (rows, 2):
+        raise damaged(path, manifest, path / "offsets", f"offsets end at row {rows} but points has shape "
+                      f"{tuple(points.shape)}")
     status = _read_all(opened["status"][0], path, manifest, "status")
     scale = _read_all(opened["scale"][0], path, manifest, "scale")
     counts = np.diff(offsets)
