@@ -46,6 +46,7 @@ class PeerBenchConfig:
     e2e_batches: int = 6  # timed batches per end-to-end measurement
     e2e_skip: int = 2  # untimed first batches (worker start-up, first fill, compile)
     e2e_repetitions: int = 2
+    e2e_batch_size: int = 0  # 0: batch_size
     workers: int = 0  # 0: all cores
 
 
@@ -188,6 +189,7 @@ def end_to_end(cfg: PeerBenchConfig, device, hf, ours, workers: int, src) -> dic
     import copy
 
     cuda = device.kind == "cuda"
+    batch_size = cfg.e2e_batch_size or cfg.batch_size
     feeds = {"project": Feed(), "original": Feed()}
     original = OriginalStep(copy.deepcopy(hf), device, cfg.weight_ps, cfg.temperature)
     trainers = {"project": project_step(copy.deepcopy(ours), device, "kamim", cfg, feeds["project"], cfg.compile),
@@ -195,21 +197,21 @@ def end_to_end(cfg: PeerBenchConfig, device, hf, ours, workers: int, src) -> dic
 
     def measure(pipeline: str, detector: str) -> float:
         if pipeline == "project":
-            loader = build_loader("cached-zarr", src, detector, cfg.batch_size, workers, pin_memory=cuda)
+            loader = build_loader("cached-zarr", src, detector, batch_size, workers, pin_memory=cuda)
         else:
-            loader = original_loader(src, detector, cfg.batch_size, workers, pin_memory=cuda)
+            loader = original_loader(src, detector, batch_size, workers, pin_memory=cuda)
         step = trainers[pipeline]
         feeds[pipeline].source = iter(loader)
         try:
             time_block(step, cfg.e2e_skip, device)
-            return cfg.batch_size / time_block(step, cfg.e2e_batches, device)
+            return batch_size / time_block(step, cfg.e2e_batches, device)
         finally:
             feeds[pipeline].source = None  # shuts the workers down before the next variant starts
 
     variants = {f"{p}-{d}": (lambda p=p, d=d: measure(p, d)) for d in cfg.detectors for p in ("project", "original")}
-    log(f"peer e2e: batch {cfg.batch_size}, {workers} workers, {cfg.e2e_batches} timed batches")
+    log(f"peer e2e: batch {batch_size}, {workers} workers, {cfg.e2e_batches} timed batches")
     samples = interleaved(variants, cfg.e2e_repetitions, log)
-    return {"workers": workers, "compiled": cfg.compile,
+    return {"workers": workers, "batch_size": batch_size, "compiled": cfg.compile,
             "images_per_s": {n: median(v) for n, v in samples.items()}, "samples": summary(samples)}
 
 
