@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -106,24 +107,60 @@ def keypoint_stats(counts: np.ndarray) -> dict:
     }
 
 
-def rebuild_command(manifest: dict, cache_dir: Path) -> str:
-    ds = manifest["dataset"]
+def rebuild_command(manifest: dict, cache_dir: Path, data_root: str | os.PathLike | None = None,
+                    dataset: tuple[str, str] | None = None) -> str:
+    """The ``kamim cache`` command that builds this cache again (for ``dataset`` = (name, split) if given),
+    with --data-root: ``data_root`` if given, else the root the manifest recorded (absolute), if any."""
+    name, split = dataset or (manifest["dataset"]["name"], manifest["dataset"]["split"])
+    root = data_root if data_root is not None else manifest.get("data_root")
+    root_flag = f" --data-root {shlex.quote(os.fspath(root))}" if root else ""
     return (
-        f"kamim cache --dataset {ds['name']} --split {ds['split']} --detector {manifest['detector']} "
-        f"--detect-size {manifest['detect_size']} --format {manifest['format']} --gray {manifest['gray']} "
-        f"--out {cache_dir}"
+        f"kamim cache --dataset {name} --split {split} --detector {manifest['detector']} "
+        f"--detect-size {manifest['detect_size']} --format {manifest['format']} --gray {manifest['gray']}"
+        f"{root_flag} --out {shlex.quote(os.fspath(cache_dir))}"
     )
 
 
-def check_dataset(manifest: dict, cache_dir: Path, dataset: Any) -> None:
-    """UserError unless ``dataset`` has exactly the files (names and sizes) the cache was built from."""
+def check_dataset(manifest: dict, cache_dir: Path, dataset: Any, data_root: str | os.PathLike | None = None) -> None:
+    """UserError unless ``dataset`` has exactly the files (names and sizes) the cache was built from.
+
+    The message tells a *different dataset* (another name, split or data root than the cache records)
+    from *files changed* (same dataset, other files), and its command runs as printed: it builds this
+    dataset's own cache at its default path (deleting the stale one first only when that is the path).
+    """
     expected = manifest["dataset"]
     actual = dataset.fingerprint()
     if actual == expected["fingerprint"] and len(dataset) == expected["count"]:
         return
-    raise UserError(
-        f"cache {cache_dir} was built for {expected['name']}/{expected['split']} with fingerprint "
-        f"{expected['fingerprint']} ({expected['count']} images), but dataset {dataset.name}/{dataset.split} at "
-        f"{dataset.location} has fingerprint {actual} ({len(dataset)} images): its files changed; rebuild with "
-        f"`{rebuild_command(manifest, cache_dir)}` (delete the old cache first)"
-    )
+    from kamim.paths import data_root as resolve_data_root
+    from kamim.paths import default_cache_dir
+
+    root_now = os.fspath(resolve_data_root(data_root).resolve())
+    root_then = manifest.get("data_root")  # absent in caches built before it was recorded
+    other = (expected["name"], expected["split"]) != (dataset.name, dataset.split) or (root_then and root_then != root_now)
+    target = default_cache_dir(dataset.name, dataset.split, manifest["detector"], manifest["detect_size"],
+                               manifest["format"], manifest["gray"], data_root=data_root)
+    command = rebuild_command(manifest, target, data_root, (dataset.name, dataset.split))
+    built_there = (target / MANIFEST).is_file() and Path(target).resolve() != Path(cache_dir).resolve()
+    if built_there and _fingerprint(target) == actual:
+        fix = f"use its own cache: --cache {shlex.quote(os.fspath(target))} (or leave --cache out)"
+    elif Path(target).resolve() == Path(cache_dir).resolve() or built_there:
+        fix = f"rebuild it: `rm -r {shlex.quote(os.fspath(target))} && {command}`"
+    else:
+        fix = f"build its own cache: `{command}` (then leave --cache out, or pass --cache {shlex.quote(os.fspath(target))})"
+    then = f"{expected['name']}/{expected['split']}" + (f" at {root_then}" if root_then else "")
+    now = f"{dataset.name}/{dataset.split} at {dataset.location} ({len(dataset)} images, fingerprint {actual})"
+    if other:
+        raise UserError(f"cache {cache_dir} holds a different dataset: {then} ({expected['count']} images, "
+                        f"fingerprint {expected['fingerprint']}), not {now}; {fix}")
+    what = "its files changed since the cache was built" if root_then else \
+        "its files changed since the cache was built, or the cache was built from another folder"
+    raise UserError(f"cache {cache_dir} was built from {then} ({expected['count']} images, fingerprint "
+                    f"{expected['fingerprint']}), but the dataset is now {now}: {what}; {fix}")
+
+
+def _fingerprint(cache_dir: Path) -> str | None:
+    try:
+        return json.loads((Path(cache_dir) / MANIFEST).read_text())["dataset"]["fingerprint"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

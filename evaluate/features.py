@@ -114,14 +114,19 @@ def make_loader(dataset, transform, batch_size: int, workers: int, shuffle: bool
 
 @torch.no_grad()
 def extract_features(encoder: nn.Module, dataset, layer: int, pool: str, img_size: int, resize: str,
-                     batch_size: int, workers: int, device: torch.device, desc: str = "features"
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Features [N, D] float32 and labels [N] int64 of every image of ``dataset``, in index order."""
+                     batch_size: int, workers: int, device: torch.device, desc: str = "features",
+                     compile_: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Features [N, D] float32 and labels [N] int64 of every image of ``dataset``, in index order.
+    ``compile_`` (--compile): the encoder's forward through torch.compile (cpu/cuda; a last partial batch
+    compiles once more)."""
+    from kamim.train.compile import compiled
+
     encoder.eval()
+    features_of = compiled(layer_features, compile_ and torch.device(device).type in ("cpu", "cuda"))
     loader = make_loader(dataset, eval_transform(img_size, resize), batch_size, workers)
     features, labels = [], []
     for images, targets in tqdm(loader, desc=desc, leave=False):
-        features.append(layer_features(encoder, images.to(device), layer, pool).float().cpu())
+        features.append(features_of(encoder, images.to(device), layer, pool).float().cpu())
         labels.append(targets)
     return torch.cat(features), torch.cat(labels).long()
 

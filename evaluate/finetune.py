@@ -22,6 +22,7 @@ from tqdm import tqdm
 from kamim.config import format_config, save_config
 from kamim.datasets import open_dataset
 from kamim.errors import UserError
+from kamim.train.compile import adamw, check_compile, compile_module
 from kamim.validation import check_numbers, check_out
 
 from .features import eval_transform, is_swin, make_loader
@@ -49,6 +50,7 @@ class FinetuneConfig:
     workers: int = 2
     device: str = "auto"
     precision: str = "auto"  # auto: bf16 on cuda, fp32 on cpu
+    compile: bool = False  # torch.compile the classifier (in place: checkpoints keep the eager keys)
     seed: int = 0
     out: str | None = None  # default: RUN_DIR/finetune
 
@@ -108,7 +110,9 @@ def run_finetune(config: FinetuneConfig) -> dict:
     torch.manual_seed(config.seed)
     img_size, num_classes = int(info.get("img_size", 192)), len(train_ds.classes)
     model = Classifier(mim.encoder, num_classes).to(device.device)
-    optimizer = torch.optim.AdamW(param_groups(model, config.weight_decay, config.layer_decay), lr=config.lr)
+    check_compile(config.compile, device.kind)
+    compile_module(model, config.compile)
+    optimizer = adamw(param_groups(model, config.weight_decay, config.layer_decay), device.kind, lr=config.lr)
     loader = make_loader(train_ds, original_train_transform(img_size), min(config.batch_size, len(train_ds)),
                          config.workers, shuffle=True, drop_last=True, seed=config.seed)
     val_loader = make_loader(val_ds, eval_transform(img_size, "squash"), config.eval_batch_size, config.workers)

@@ -71,6 +71,7 @@ class LinprobeConfig:
     workers: int = 2
     device: str = "auto"
     seed: int = 0
+    compile: bool = False  # torch.compile the encoder for feature extraction (fast recipe)
     out: str | None = None  # default: RUN_DIR/linprobe or <file stem>-linprobe beside the file
 
     def resolved(self) -> LinprobeConfig:
@@ -129,7 +130,8 @@ def cached_features(encoder, dataset, config: LinprobeConfig, img_size: int, dev
         print(f"linprobe: reusing {dataset.split} features {path}", flush=True)
         return cached["features"], cached["labels"], True
     features, labels = extract_features(encoder, dataset, config.layer, config.pool, img_size, config.resize,
-                                        config.feature_batch_size, config.workers, device, desc=dataset.split)
+                                        config.feature_batch_size, config.workers, device, desc=dataset.split,
+                                        compile_=config.compile)
     save_features(path, {"features": features, "labels": labels}, fields)
     return features, labels, False
 

@@ -15,3 +15,11 @@ class UserError(click.ClickException):
 
     def __init__(self, message: str) -> None:
         super().__init__(" ".join(str(message).split()))  # always one line
+
+
+class UserErrorLines(UserError):
+    """A UserError whose message keeps its lines: one per item when a single line cannot say it
+    (e.g. every flag that conflicts with a run being resumed). Same exit code 2, no traceback."""
+
+    def __init__(self, header: str, lines: list[str]) -> None:
+        click.ClickException.__init__(self, "\n".join([" ".join(header.split()), *(f"  {line}" for line in lines)]))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -20,6 +21,11 @@ def cache_root(value: str | os.PathLike | None = None) -> Path:
     return Path(os.environ.get("KAMIM_CACHE_ROOT") or "caches")
 
 
+def data_root_tag(value: str | os.PathLike | None = None) -> str:
+    """8 hex digits naming the resolved data root, so caches of two folders never share a path."""
+    return hashlib.sha256(os.fspath(data_root(value).resolve()).encode()).hexdigest()[:8]
+
+
 def default_cache_dir(
     dataset: str,
     split: str,
@@ -28,13 +34,18 @@ def default_cache_dir(
     fmt: str = "zarr",
     gray: str = "bgr",
     root: str | os.PathLike | None = None,
+    data_root: str | os.PathLike | None = None,
 ) -> Path:
     """The directory ``kamim cache`` writes to when ``--out`` is not given.
 
-    ``kamim pretrain`` looks here when ``--cache`` is not given, so the two always agree.
+    ``kamim pretrain`` looks here when ``--cache`` is not given, so the two always agree. The name ends
+    with a tag of the resolved data root (``--data-root`` / ``$KAMIM_DATA_ROOT`` / ``./data``), so two
+    datasets of the same name in different folders get different caches. ``photos`` (generated, the
+    same wherever it lives) keeps the short name the demo prints.
     """
     suffix = "" if gray == "bgr" else f"-gray{gray}"
-    return cache_root(root) / f"{dataset}-{split}-{detector}-{detect_size}{suffix}.{fmt}"
+    tag = "" if dataset == "photos" else f"-{data_root_tag(data_root)}"
+    return cache_root(root) / f"{dataset}-{split}-{detector}-{detect_size}{suffix}{tag}.{fmt}"
 
 
 def runs_root() -> Path:

@@ -13,7 +13,8 @@ from kamim.errors import UserError
 @click.option("--dataset", help="photos, cifar10, cifar100, imagenet or folder.  [required to build]")
 @click.option("--split", default="train", show_default=True, help="train or val.")
 @click.option(
-    "--detector", type=click.Choice(["fast", "sift", "orb"]), help="Keypoint detector (OpenCV defaults)."
+    "--detector", type=click.Choice(["fast", "sift", "orb"]), default="fast", show_default=True,
+    help="Keypoint detector (OpenCV defaults); the same default as `kamim pretrain`."
 )
 @click.option(
     "--detect-size", default=256, show_default=True, help="Shorter side of the image the detector sees."
@@ -21,7 +22,8 @@ from kamim.errors import UserError
 @click.option("--format", "fmt", type=click.Choice(["zarr", "wds"]), default="zarr", show_default=True,
               help="zarr: keypoints only, random access; wds: tar shards of image + keypoints + label.")  # fmt: skip
 @click.option(
-    "--out", type=click.Path(file_okay=False), help="Output dir (default: ./caches/<dataset>-<split>-...)."
+    "--out", type=click.Path(file_okay=False), help="Output dir (default: ./caches/<dataset>-<split>-<detector>-<size>-<data-root tag>.<format>, "
+                                            "where `kamim pretrain` looks)."
 )
 @click.option("--workers", type=int, help="Worker processes (default: all cores).")
 @click.option("--gray", type=click.Choice(["bgr", "rgb"]), default="bgr", show_default=True,
@@ -59,8 +61,8 @@ def cache(ctx: click.Context, dataset, split, detector, detect_size, fmt, out, w
     """
     if ctx.invoked_subcommand is not None:
         return
-    if not dataset or not detector:
-        raise UserError("kamim cache needs --dataset and --detector (e.g. --dataset photos --detector fast)")
+    if not dataset:
+        raise UserError("kamim cache needs --dataset (e.g. --dataset photos)")
     from kamim.preprocess.build import CacheConfig, available_cores, build_cache
 
     cfg = CacheConfig(
