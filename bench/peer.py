@@ -166,6 +166,9 @@ def run(cfg: PeerBenchConfig) -> dict:
     if cfg.compile:
         ratios.append(ratio_entry(f"peer step {cfg.model} project --compile/original img/s ({device.kind})",
                                   paired_ratio(samples["original"], samples["project-compiled"]), 1.3 if cuda else None))
+        ratios.append(ratio_entry(f"step {cfg.model} --compile speed-up (eager/compiled time, {device.kind})",
+                                  paired_ratio(samples["project"], samples["project-compiled"]), None,
+                                  note=f"batch {cfg.batch_size}, {cfg.steps} steps per block after warm-up"))
     payload = {"device": device.kind, "precision": device.precision, "model": cfg.model, "sizes": sizes,
                "batch_size": cfg.batch_size, "loss_gap": gap,
                "attention": getattr(hf.config, "_attn_implementation", None),
@@ -192,7 +195,8 @@ def end_to_end(cfg: PeerBenchConfig, device, hf, ours, workers: int, src) -> dic
     batch_size = cfg.e2e_batch_size or cfg.batch_size
     feeds = {"project": Feed(), "original": Feed()}
     original = OriginalStep(copy.deepcopy(hf), device, cfg.weight_ps, cfg.temperature)
-    trainers = {"project": project_step(copy.deepcopy(ours), device, "kamim", cfg, feeds["project"], cfg.compile),
+    # eager, as `kamim pretrain` runs by default (and no second compile for the e2e batch size)
+    trainers = {"project": project_step(copy.deepcopy(ours), device, "kamim", cfg, feeds["project"]),
                 "original": lambda: original(next(feeds["original"]))}
 
     def measure(pipeline: str, detector: str) -> float:
@@ -211,7 +215,7 @@ def end_to_end(cfg: PeerBenchConfig, device, hf, ours, workers: int, src) -> dic
     variants = {f"{p}-{d}": (lambda p=p, d=d: measure(p, d)) for d in cfg.detectors for p in ("project", "original")}
     log(f"peer e2e: batch {batch_size}, {workers} workers, {cfg.e2e_batches} timed batches")
     samples = interleaved(variants, cfg.e2e_repetitions, log)
-    return {"workers": workers, "batch_size": batch_size, "compiled": cfg.compile,
+    return {"workers": workers, "batch_size": batch_size, "compiled": False,
             "images_per_s": {n: median(v) for n, v in samples.items()}, "samples": summary(samples)}
 
 
@@ -226,10 +230,22 @@ def config(quick: bool = False) -> PeerBenchConfig:
 @click.command()
 @click.option("--quick", is_flag=True, help="Tiny sizes: checks the benchmark runs (numbers are noisy).")
 @click.option("--compile", "compile_", is_flag=True, help="Also time the project's step under --compile.")
-def main(quick: bool, compile_: bool) -> None:
-    """The project's trainer vs the original's (HF), step and end to end, side by side."""
+@click.option("--depth", type=int, default=None, help="Blocks of the model (default 6; 0: the model's own 12).")
+@click.option("--batch-size", type=int, default=None, help="Batch size (default 16).")
+@click.option("--no-e2e", is_flag=True, help="The step comparison only.")
+def main(quick: bool, compile_: bool, depth: int | None, batch_size: int | None, no_e2e: bool) -> None:
+    """The project's trainer vs the original's (HF), step and end to end, side by side.
+
+    \b
+    Examples:
+      python -m bench.peer                                              # make bench's run
+      python -m bench.peer --compile --depth 0 --batch-size 32 --no-e2e  # vit_t: --compile speed-up
+    """
     cfg = config(quick)
-    cfg.compile = compile_
+    cfg.compile, cfg.e2e = compile_, not no_e2e
+    if depth is not None:
+        cfg.overrides = {k: v for k, v in cfg.overrides.items() if k != "depth"} | ({"depth": depth} if depth else {})
+    cfg.batch_size = batch_size or cfg.batch_size
     run(cfg)
 
 
