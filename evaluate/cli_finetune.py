@@ -27,7 +27,6 @@ from .finetune import FinetuneConfig, run_finetune
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
 @click.option("--precision", type=click.Choice(["auto", "bf16", "fp16", "fp32"]), default="auto", show_default=True)
 @click.option("--compile", "compile", is_flag=True, help="torch.compile the model (cpu/cuda); checkpoints unchanged.")
-@click.option("--compile", "compile", is_flag=True, help="torch.compile the model (cpu/cuda); checkpoints unchanged.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", default=None, help="Output dir [default: RUN_DIR/finetune]")
 def finetune(**options) -> None:

@@ -34,7 +34,6 @@ from .linprobe import RECIPES, LinprobeConfig, run_linprobe
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--compile", "compile", is_flag=True, help="torch.compile the encoder for feature extraction (cpu/cuda).")
-@click.option("--compile", "compile", is_flag=True, help="torch.compile the encoder for feature extraction (cpu/cuda).")
 @click.option("--out", default=None, help="Output dir [default: RUN_DIR/linprobe]")
 def linprobe(**options) -> None:
     """Linear probe of a frozen pretrained encoder; top-1/top-5 to OUT/linprobe.json.
