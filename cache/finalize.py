@@ -83,6 +83,12 @@ def finalize(out: str | os.PathLike) -> Path:
             "scale": "float64 [N,2] (sx, sy) = detect-size pixels per source pixel",
             "status": "uint8 [N] " + ", ".join(f"{k}={v}" for k, v in STATUS_NAMES.items()),
         }
+        if build.get("point_attrs"):  # a selection cache (kamim.cache.select): attributes beside the points
+            from kamim.cache.attrs_store import ATTRS_FILE, write_attrs
+
+            count = write_attrs(out, (read_block(parts, i) for i in range(num_blocks)), int(counts_all.sum()))
+            manifest["point_attrs"] = {**build["point_attrs"], "count": count}
+            manifest["arrays"][ATTRS_FILE] = "uint16 [M] per-point attributes in points order (kamim.cache.select)"
     else:
         block_ok = [int((s == STATUS_OK).sum()) for s in statuses]
         shards = [(SHARD_NAME.format(i), n) for i, n in enumerate(block_ok) if n]

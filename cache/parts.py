@@ -28,6 +28,7 @@ class Block:
     scale: np.ndarray  # float64 [n, 2] (sx, sy) detect-size / source
     status: np.ndarray  # uint8 [n]
     errors: list[dict] = field(default_factory=list)  # {"index", "name", "reason"}
+    attrs: np.ndarray | None = None  # uint16 [sum(counts)] per-point attributes (selection caches only)
 
 
 def block_path(parts_dir: Path, index: int) -> Path:
@@ -43,6 +44,7 @@ def write_block(parts_dir: Path, block: Block) -> Path:
         scale=block.scale.astype(np.float64).reshape(-1, 2),
         status=block.status.astype(np.uint8),
         errors=np.frombuffer(json.dumps(block.errors).encode(), dtype=np.uint8),
+        **({} if block.attrs is None else {"attrs": block.attrs.astype(np.uint16).reshape(-1)}),
     )
     path = block_path(parts_dir, block.index)
     atomic_write(path, buffer.getvalue())
@@ -58,6 +60,7 @@ def read_block(parts_dir: Path, index: int) -> Block:
             scale=data["scale"],
             status=data["status"],
             errors=json.loads(data["errors"].tobytes().decode()),
+            attrs=data["attrs"] if "attrs" in data.files else None,
         )
 
 

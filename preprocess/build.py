@@ -38,13 +38,21 @@ from kamim.cache.manifest import (
 )
 from kamim.cache.parts import Block, block_path, finished_blocks, remove_stale_temps, write_block
 from kamim.cache.points import SUBPIXEL_STEPS, decode_points, encode_points, max_side
+from kamim.cache.select import encode_attrs, sort_order
 from kamim.cache.wds_store import JPEG_QUALITY, SHARD_INDEX_VERSION, SHARD_NAME, encode_sample, write_shard
 from kamim.config import format_config, save_config
 from kamim.datasets import BadSampleError, open_dataset
 from kamim.errors import UserError
 from kamim.malloc import keep_freed_memory
 from kamim.paths import default_cache_dir
-from kamim.preprocess.detect import DETECTORS, GRAY_MODES, detect_keypoints, detector_parameters
+from kamim.preprocess.detect import (
+    DETECTORS,
+    GRAY_MODES,
+    SELECTION_PARAMS,
+    detect_keypoints,
+    detect_with_attributes,
+    detector_parameters,
+)
 from kamim.preprocess.guard import build_lock, die_with_parent, naming
 from kamim.preprocess.resize import canonical_resize, canonical_size, from_source, to_source
 from kamim.validation import check_numbers
@@ -69,6 +77,21 @@ class CacheConfig:
     block_size: int = 256
     num_partitions: int = 1
     partition: int = 0
+    # SIFT/ORB: store per-point attributes so each crop keeps what its own detector would (see
+    # kamim.cache.select; bench/fidelity.py measures it). None = on for SIFT/ORB zarr caches.
+    select: bool | None = None
+
+
+def selects(cfg: CacheConfig) -> bool:
+    """Whether this build stores a selection cache (zarr only: wds shards carry plain points)."""
+    wanted = cfg.select if cfg.select is not None else cfg.detector in SELECTION_PARAMS
+    return bool(wanted) and cfg.detector in SELECTION_PARAMS and cfg.format == "zarr"
+
+
+SELECTION_MEANING = {
+    "sift": "keypoint size at detect size, (log2(size) + 8) * 1024",
+    "orb": "pyramid level << 12 | rank of the Harris response in the image (0 = strongest)",
+}
 
 
 def validate(cfg: CacheConfig) -> None:
@@ -116,7 +139,9 @@ def build_identity(cfg: CacheConfig, dataset) -> dict:
             "classes": list(dataset.classes),
         },
         "detector": cfg.detector,
-        "detector_params": detector_parameters(cfg.detector),
+        "detector_params": ({**SELECTION_PARAMS[cfg.detector], "selection": True} if selects(cfg)
+                            else detector_parameters(cfg.detector)),
+        "point_attrs": {"meaning": SELECTION_MEANING[cfg.detector]} if selects(cfg) else None,
         "gray": cfg.gray,
         "detect_size": cfg.detect_size,
         "subpixel_steps": SUBPIXEL_STEPS[cfg.detector],
@@ -141,6 +166,23 @@ def _open_dataset(name: str, split: str, data_root: str | None):
 
 def detect_canonical(image: np.ndarray, detector: str, gray: str, detect_size: int, steps: int):
     """(codes uint16 [N,2], scale [2]): detection on the canonical image, encoded for storage."""
+    _check_side(image, detect_size, steps)
+    resized, scale = canonical_resize(image, detect_size)
+    return encode_points(detect_keypoints(resized, detector, gray), steps), scale
+
+
+def detect_canonical_selected(image: np.ndarray, detector: str, gray: str, detect_size: int, steps: int):
+    """(codes uint16 [N,2], attrs uint16 [N], scale [2]) for a selection cache: the attributes in the
+    order of the codes (sorted by quantised (y, x))."""
+    _check_side(image, detect_size, steps)
+    resized, scale = canonical_resize(image, detect_size)
+    points, response, octave, size = detect_with_attributes(resized, detector, gray)
+    order = sort_order(points, steps)
+    attrs = encode_attrs(detector, response, octave, size)[order]
+    return encode_points(points[order], steps), attrs, scale
+
+
+def _check_side(image: np.ndarray, detect_size: int, steps: int) -> None:
     height, width = image.shape[:2]
     longest = max(canonical_size(height, width, detect_size))
     if longest > max_side(steps):  # checked before resizing: a 100:1 strip would cost a huge resize
@@ -148,8 +190,6 @@ def detect_canonical(image: np.ndarray, detector: str, gray: str, detect_size: i
             f"aspect ratio too extreme ({width}x{height}): at --detect-size {detect_size} its longer side "
             f"would be {longest} px, more than the {max_side(steps)} px the cache's 1/{steps}-px codes hold; "
             f"crop it into parts or use a smaller --detect-size"))
-    resized, scale = canonical_resize(image, detect_size)
-    return encode_points(detect_keypoints(resized, detector, gray), steps), scale
 
 
 def process_block(job: dict, index: int) -> tuple[int, int]:
@@ -163,13 +203,16 @@ def process_block(job: dict, index: int) -> tuple[int, int]:
     dataset = _open_dataset(job["dataset"], job["split"], job["data_root"])
     start = index * job["block_size"]
     end = min(start + job["block_size"], len(dataset))
-    counts, scales, status, codes, errors, samples = [], [], [], [], [], []
+    counts, scales, status, codes, errors, samples, attrs = [], [], [], [], [], [], []
     for i in range(start, end):
         try:
             image, label = dataset[i]
-            encoded, scale = detect_canonical(
-                image, job["detector"], job["gray"], job["detect_size"], job["steps"]
-            )
+            args = (image, job["detector"], job["gray"], job["detect_size"], job["steps"])
+            if job.get("select"):
+                encoded, point_attrs, scale = detect_canonical_selected(*args)
+                attrs.append(point_attrs)
+            else:
+                encoded, scale = detect_canonical(*args)
         except (BadSampleError, cv2.error) as error:
             reason = error.reason if isinstance(error, BadSampleError) else f"OpenCV failed ({error})"
             errors.append({"index": i, "name": dataset.sample_name(i), "reason": reason})
@@ -193,6 +236,7 @@ def process_block(job: dict, index: int) -> tuple[int, int]:
         scale=np.asarray(scales, np.float64).reshape(-1, 2),
         status=np.asarray(status, np.uint8),
         errors=errors,
+        attrs=(np.concatenate(attrs) if attrs else np.zeros(0, np.uint16)) if job.get("select") else None,
     )
     write_block(Path(job["out"]) / PARTS, block)  # last: its presence marks the block (and shard) done
     return index, end - start
@@ -246,6 +290,7 @@ def _build(cfg: CacheConfig, dataset, out: Path, identity: dict) -> Path:  # noq
     job = {
         "dataset": cfg.dataset, "split": cfg.split, "data_root": cfg.data_root, "detector": cfg.detector,
         "gray": cfg.gray, "detect_size": cfg.detect_size, "steps": identity["subpixel_steps"],
+        "select": selects(cfg),
         "format": cfg.format, "store_size": cfg.store_size, "block_size": cfg.block_size,
         "out": os.fspath(out), "parent_pid": os.getpid(),
     }  # fmt: skip

@@ -77,6 +77,11 @@ def crop_points(points: np.ndarray, crop: CropParams, size: int = 192) -> np.nda
     Bilinear resizing with half-pixel centres maps x to (x - left + 0.5) * size / width - 0.5; a flip
     maps x to size - 1 - x. The original detects inside the crop only, so points off it are removed.
     """
+    return crop_points_keep(points, crop, size)[0]
+
+
+def crop_points_keep(points: np.ndarray, crop: CropParams, size: int = 192) -> tuple[np.ndarray, np.ndarray]:
+    """``crop_points`` and the bool [N] mask of the points it kept (per-point attributes follow it)."""
     points = np.asarray(points, dtype=np.float32).reshape(-1, 2)
     x = (points[:, 0] - crop.left + 0.5) * (size / crop.width) - 0.5
     y = (points[:, 1] - crop.top + 0.5) * (size / crop.height) - 0.5
@@ -85,7 +90,7 @@ def crop_points(points: np.ndarray, crop: CropParams, size: int = 192) -> np.nda
     if crop.vflip:
         y = (size - 1) - y
     keep = (x >= -0.5) & (x < size - 0.5) & (y >= -0.5) & (y < size - 0.5)
-    return np.stack([x[keep], y[keep]], axis=1).astype(np.float32)
+    return np.stack([x[keep], y[keep]], axis=1).astype(np.float32), keep
 
 
 def normalize(images: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,8 @@ from torch.utils.data import Dataset, Sampler
 from kamim.datasets import ImageDataset, read_or_next
 from kamim.malloc import keep_freed_memory
 
-from .augment import crop_image, crop_points, sample_crop, sample_seed, seeded
+from .augment import crop_image, sample_crop, sample_seed, seeded
+from .crop_select import cached_crop_points
 from .distributed import rank_share
 from .masking import random_mask
 
@@ -62,7 +63,7 @@ class PretrainSamples(Dataset):
             mask = random_mask(None, self.model_patch_size, self.img_size)
         sample = {"image": crop_image(image, crop, self.img_size), "mask": mask}
         if self.mode == "cached":
-            sample["points"] = torch.from_numpy(crop_points(self.cache.points(used), crop, self.img_size))
+            sample["points"] = torch.from_numpy(cached_crop_points(self.cache, used, crop, self.img_size))
         elif self.mode == "online":
             sample["map"] = torch.from_numpy(online_ring_map(sample["image"], self.detector, self.gray))
         return sample

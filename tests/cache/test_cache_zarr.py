@@ -14,7 +14,7 @@ from kamim.cache.points import SUBPIXEL_STEPS
 from kamim.datasets import open_dataset
 from kamim.errors import UserError
 from kamim.preprocess.build import CacheConfig, build_cache
-from kamim.preprocess.detect import detect_keypoints
+from kamim.preprocess.detect import detect_keypoints, detect_with_attributes
 from kamim.preprocess.resize import canonical_resize, to_source
 
 
@@ -56,7 +56,10 @@ def test_cached_points_equal_direct_detection_on_the_canonical_image(built, dete
             continue
         image, _ = dataset[i]
         resized, scale = canonical_resize(image, 256)
-        direct = _sorted_by_quantised(detect_keypoints(resized, detector).astype(np.float64), steps)
+        # SIFT/ORB caches are selection caches by default: their own detector (kamim.cache.select).
+        found = detect_with_attributes(resized, detector)[0] if reader.manifest.get("point_attrs") else \
+            detect_keypoints(resized, detector)
+        direct = _sorted_by_quantised(found.astype(np.float64), steps)
         stored = reader.detect_points(i)
         assert stored.shape == direct.shape
         assert np.abs(stored - direct).max(initial=0) <= 0.5 / steps + 1e-6
@@ -89,10 +92,12 @@ def test_bad_inputs_are_recorded_and_the_build_goes_on(built):
 def test_manifest_records_what_the_cache_is(built):
     manifest = open_cache(built[2]["orb"]).manifest
     assert manifest["format"] == "zarr" and manifest["detect_size"] == 256 and manifest["gray"] == "bgr"
-    assert manifest["detector_params"]["nfeatures"] == 500
+    # A selection cache (kamim.cache.select): 3000 candidates per image, each crop keeps its own 500.
+    assert manifest["detector_params"]["nfeatures"] == 3000 and manifest["detector_params"]["selection"]
+    assert manifest["point_attrs"]["count"] == manifest["keypoints_per_image"]["total"]
     assert manifest["dataset"]["count"] == 23 and len(manifest["dataset"]["fingerprint"]) == 32
     stats = manifest["keypoints_per_image"]
-    assert stats["min"] <= stats["median"] <= stats["p90"] <= stats["max"] <= 500
+    assert stats["min"] <= stats["median"] <= stats["p90"] <= stats["max"] <= 3000
 
 
 _READER = None
