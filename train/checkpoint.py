@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from kamim.errors import UserError
 
+from .integrity import check_zip, export_metadata, verify_export
 from .models import MIMModel, build_model
 
 CHECKPOINT_DIR = "checkpoints"
@@ -111,6 +112,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist")
+    check_zip(path)  # torch.load never checks the zip's CRC-32s: a flipped byte would load as a weight
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several types for torn or foreign files
@@ -142,7 +144,7 @@ def write_safetensors(state: dict[str, torch.Tensor], path: Path, info_text: str
     info_tmp = info_path.with_name(f".{info_path.name}.tmp{os.getpid()}")
     target = path
     try:
-        save_file(state, str(tmp), metadata={"format": "pt"})
+        save_file(state, str(tmp), metadata=export_metadata(state, info_text))  # + checksums
         if info_text is not None:
             target = info_path
             info_tmp.write_text(info_text)
@@ -196,8 +198,11 @@ def load_pretrained(path: str | os.PathLike) -> tuple[MIMModel, dict[str, Any]]:
         try:
             info = json.loads(info_path.read_text())
             state = load_file(str(source))
-        except (json.JSONDecodeError, SafetensorError, OSError) as error:
+            with safe_open(str(source), "pt") as handle:
+                metadata = handle.metadata()
+        except (json.JSONDecodeError, SafetensorError, OSError, UnicodeDecodeError) as error:
             raise UserError(f"{source} or its .json is unreadable ({error})") from None
+        verify_export(source, metadata, state, info_path)
     else:
         checkpoint = load_checkpoint(source)
         info, state = checkpoint.get("model_info") or {}, checkpoint["model"]
