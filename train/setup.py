@@ -9,6 +9,8 @@ from typing import Any
 from kamim.errors import UserError
 from kamim.paths import default_cache_dir
 
+from .keypoint_mode import choose_keypoints  # noqa: F401 - the keypoint-mode rule for tiny images (pretrain wires it)
+
 # Settings that may change between a run and its resume; everything else must match.
 RESUMABLE_CHANGES = {"out", "resume", "device", "workers", "log_every", "save_every", "grid_every", "stop_after", "nan_policy",
                      "keep_checkpoints", "tensorboard", "wandb", "cache", "data_root",
