@@ -4,9 +4,12 @@ On one CUDA GPU (vit_b, bf16, the largest batch that fits: 512 on an H200), in t
   1. step: kamim-cached vs simmim, eager and --compile (img/s, MFU = FLOPs of one step counted by
      torch.utils.flop_counter over the card's bf16 dense peak), the weighting alone;
   2. host syncs: torch.cuda.set_sync_debug_mode("error") around steady-state steps of the trainer;
-  3. loader img/s (workers = cores) for simmim / kamim-cached / kamim-online (FAST, SIFT);
-  4. peer (bench/peer.py): the project's step and pipeline vs the original's (HF) -> peer.json;
-  5. end to end (bench/e2e.py): a real `kamim pretrain` vs the pure step -> e2e.json.
+  3. peer (bench/peer.py): the project's step and pipeline vs the original's (HF) -> peer.json;
+  4. end to end (bench/e2e.py): a real `kamim pretrain` vs the pure step -> e2e.json;
+  5. decode (bench/decode.py): nvJPEG batched decode + crop on the GPU vs PIL (pixels, img/s), and the
+     rate of workers that only read bytes and draw crops (what a device-decode loader could feed);
+  6. loader img/s (workers = cores) for simmim / kamim-cached / kamim-online (FAST, SIFT).
+Parts run in that order; none starts after --budget seconds (default 480), so a lease is not overrun.
 Writes bench/results/gpu.json (with "failed" naming the part that broke, if one did) and gpu.log.
 
     python -m bench.gpu --copy-to "$OUT"   # on the GPU machine (~6-8 min on an H200)
@@ -41,7 +44,7 @@ from .step import weighting_ms
 # bf16 dense tensor-core peaks (FLOP/s), most specific name first.
 PEAKS = (("H200", 989e12), ("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989e12),
          ("A100", 312e12), ("L40S", 362e12), ("L4", 121e12))
-PARTS = ("step", "syncs", "loader", "peer", "e2e")
+PARTS = ("step", "syncs", "peer", "e2e", "decode", "loader")  # most wanted first: a lease may end early
 T0 = time.perf_counter()
 
 
@@ -69,8 +72,10 @@ class GpuBenchConfig:
     loader_repetitions: int = 1
     workers: int = 0  # 0: all cores
     peer_e2e_batch: int = 256  # end-to-end peer batches: 3 per worker after one per worker + 2
-    e2e_steps: int = 96
+    e2e_steps: int = 64
     e2e_log_every: int = 8
+    decode_images: int = 256
+    budget_s: int = 480  # start no part after this many seconds (0: no limit): the lease is 10 minutes
     skip: tuple[str, ...] = ()
 
 
@@ -216,6 +221,7 @@ def part_peer(cfg: GpuBenchConfig, state: dict) -> dict:
     pcfg.batch_size, pcfg.workers = state.get("batch_size", cfg.batch_sizes[-1]), state["workers"]
     if not cfg.quick:  # enough batches that the workers' first parallel fill is not what gets timed
         pcfg.e2e_batch_size, pcfg.e2e_skip, pcfg.e2e_batches = cfg.peer_e2e_batch, state["workers"] + 2, 3 * state["workers"]
+        pcfg.e2e_repetitions = 1
     payload = peer.run(pcfg)
     return {"peer": {"step_images_per_s": payload["step_images_per_s"], "e2e": payload.get("e2e")},
             "ratios": payload["ratios"]}
@@ -233,6 +239,13 @@ def part_e2e(cfg: GpuBenchConfig, state: dict) -> dict:
     return {"e2e": {m: {"pretrain_images_per_s": r["pretrain"]["images_per_s"],
                         "pure_step_images_per_s": r["pure_step_images_per_s"]} for m, r in payload["results"].items()},
             "ratios": payload["ratios"]}
+
+
+def part_decode(cfg: GpuBenchConfig, state: dict) -> dict:
+    from . import decode
+
+    return decode.measure(state["src"], state["device"], cfg.decode_images if not cfg.quick else 16,
+                          cfg.batch_sizes[0] if not cfg.quick else 8, state["workers"], say)
 
 
 def run(cfg: GpuBenchConfig) -> dict:
@@ -254,9 +267,14 @@ def run(cfg: GpuBenchConfig) -> dict:
     sample = next(iter(build_loader("cached-zarr", src, cfg.detector, min(64, cfg.batch_sizes[-1] * 2), 0)))
     state = {"device": device, "name": name, "workers": workers, "src": src, "sample": sample}
     payload: dict = {"device": name, "model": cfg.model, "precision": device.precision, "parts": {}, "ratios": []}
-    parts = {"step": part_step, "syncs": part_syncs, "loader": part_loader, "peer": part_peer, "e2e": part_e2e}
+    parts = {"step": part_step, "syncs": part_syncs, "peer": part_peer, "e2e": part_e2e, "decode": part_decode,
+             "loader": part_loader}
     for part, fn in parts.items():
         if part in cfg.skip or (part == "syncs" and "step" in cfg.skip):
+            continue
+        if cfg.budget_s and time.perf_counter() - began > cfg.budget_s:
+            say(f"=== {part}: skipped, past the {cfg.budget_s} s budget ===")
+            payload["parts"][part] = "skipped (time budget)"
             continue
         say(f"=== {part} ===")
         start = time.perf_counter()
@@ -309,8 +327,10 @@ class Tee:
               help="Tiny model and batches (CPU if no CUDA): the same code paths in a few minutes.")
 @click.option("--skip", multiple=True, type=click.Choice(PARTS), help="Leave out a part (repeatable).")
 @click.option("--no-compile", is_flag=True, help="Leave out the --compile variants.")
+@click.option("--budget", type=int, default=480, show_default=True,
+              help="Start no part after this many seconds (0: no limit).")
 @click.option("--copy-to", type=click.Path(file_okay=False), help="Also copy the JSON files and the log here.")
-def main(quick: bool, skip: tuple[str, ...], no_compile: bool, copy_to: str | None) -> None:
+def main(quick: bool, skip: tuple[str, ...], no_compile: bool, budget: int, copy_to: str | None) -> None:
     """Everything that needs a GPU: step, MFU, --compile, host syncs, loader, peer, end to end.
 
     \b
@@ -319,7 +339,7 @@ def main(quick: bool, skip: tuple[str, ...], no_compile: bool, copy_to: str | No
       python -m bench.gpu --copy-to "$OUT"   # on the GPU machine
     """
     cfg = config(quick)
-    cfg.skip, cfg.compile = skip, not no_compile
+    cfg.skip, cfg.compile, cfg.budget_s = skip, not no_compile, budget
     folder = results_dir(quick)
     folder.mkdir(parents=True, exist_ok=True)
     log = folder / "gpu.log"
@@ -330,7 +350,7 @@ def main(quick: bool, skip: tuple[str, ...], no_compile: bool, copy_to: str | No
     finally:
         if copy_to:
             Path(copy_to).mkdir(parents=True, exist_ok=True)
-            for name in ("gpu.json", "peer.json", "e2e.json", "gpu.log"):
+            for name in ("gpu.json", "peer.json", "e2e.json", "gpu.log"):  # decode's figures are in gpu.json
                 if (folder / name).is_file():
                     shutil.copy(folder / name, Path(copy_to) / name)
 

@@ -64,3 +64,18 @@ def test_the_original_step_computes_the_project_loss_on_the_same_weights():
     loss = step(theirs)
     assert torch.isfinite(loss) and step.updates == 1
     assert any(not torch.equal(a, b) for a, b in zip(before, hf.parameters(), strict=True))
+
+
+def test_decode_jpeg_gives_pil_pixels_and_the_same_training_crops(tmp_path):
+    from PIL import Image
+    from skimage import data as skdata
+
+    from bench.decode import jpeg_bytes, pixel_difference
+
+    for i, photo in enumerate((skdata.astronaut(), skdata.coffee(), skdata.chelsea())):
+        Image.fromarray(photo[: 300 + 50 * i, : 400 - 30 * i]).save(tmp_path / f"{i}.jpg", quality=90)
+    datas = [jpeg_bytes(tmp_path / f"{i}.jpg") for i in range(3)]
+    diff = pixel_difference(datas, torch.device("cpu"))
+    # libjpeg(-turbo) on both sides with the same IDCT and upsampling: tolerance 0 on the CPU. nvJPEG on
+    # a GPU differs by a few levels; bench.gpu's decode part measures that.
+    assert diff["full_max"] == 0 and diff["crop_max"] == 0
