@@ -61,8 +61,8 @@ def check_zip(path: Path) -> None:
         with zipfile.ZipFile(path) as archive:
             bad = archive.testzip()
     except (zipfile.BadZipFile, OSError, EOFError, ValueError, NotImplementedError) as error:
-        raise UserError(f"checkpoint {path} is damaged or not a checkpoint ({type(error).__name__}: "
+        raise UserError(f"checkpoint {path} is unreadable: damaged or not a checkpoint ({type(error).__name__}: "
                         f"{' '.join(str(error).split())[:120]}); delete it to resume from the one before") from None
     if bad is not None:
-        raise UserError(f"checkpoint {path} is damaged (member {bad} fails its CRC-32); delete it to resume from the "
-                        f"one before")
+        raise UserError(f"checkpoint {path} is unreadable: damaged (member {bad} fails its CRC-32); delete it to "
+                        f"resume from the one before")
