@@ -159,10 +159,13 @@ def config(quick: bool = False) -> E2EBenchConfig:
 @click.command()
 @click.option("--quick", is_flag=True, help="Tiny sizes: checks the benchmark runs (numbers are noisy).")
 @click.option("--compile", "compile_", is_flag=True, help="Both sides under --compile.")
-def main(quick: bool, compile_: bool) -> None:
+@click.option("--steps", type=int, default=None, help="Pretrain steps per run (default 24); logged every steps/6.")
+def main(quick: bool, compile_: bool, steps: int | None) -> None:
     """End-to-end `kamim pretrain` img/s over the pure step's, on ImageNet-sized JPEGs."""
     cfg = config(quick)
     cfg.compile = compile_
+    if steps:
+        cfg.steps, cfg.log_every = steps, max(1, steps // 6)
     run(cfg)
 
 

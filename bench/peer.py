@@ -233,7 +233,11 @@ def config(quick: bool = False) -> PeerBenchConfig:
 @click.option("--depth", type=int, default=None, help="Blocks of the model (default 6; 0: the model's own 12).")
 @click.option("--batch-size", type=int, default=None, help="Batch size (default 16).")
 @click.option("--no-e2e", is_flag=True, help="The step comparison only.")
-def main(quick: bool, compile_: bool, depth: int | None, batch_size: int | None, no_e2e: bool) -> None:
+@click.option("--steps", type=int, default=None, help="Steps per timed block (default 3).")
+@click.option("--repetitions", type=int, default=None, help="Interleaved repetitions (default 5; end to end 2).")
+@click.option("--e2e-batches", type=int, default=None, help="Timed batches per end-to-end measurement (default 6).")
+def main(quick: bool, compile_: bool, depth: int | None, batch_size: int | None, no_e2e: bool, steps: int | None,
+         repetitions: int | None, e2e_batches: int | None) -> None:
     """The project's trainer vs the original's (HF), step and end to end, side by side.
 
     \b
@@ -246,6 +250,11 @@ def main(quick: bool, compile_: bool, depth: int | None, batch_size: int | None,
     if depth is not None:
         cfg.overrides = {k: v for k, v in cfg.overrides.items() if k != "depth"} | ({"depth": depth} if depth else {})
     cfg.batch_size = batch_size or cfg.batch_size
+    if steps:
+        cfg.steps, cfg.warmup_steps = steps, min(cfg.warmup_steps, steps)
+    if repetitions:
+        cfg.repetitions, cfg.e2e_repetitions = repetitions, min(cfg.e2e_repetitions, repetitions)
+    cfg.e2e_batches = e2e_batches or cfg.e2e_batches
     run(cfg)
 
 
