@@ -85,10 +85,18 @@ def select_in_crop(detector: str, xy: np.ndarray, attrs: np.ndarray, scale: floa
         raise ValueError(f"no crop-time selection for detector {detector!r}")
     level = (attrs >> ORB_RANK_BITS) + round(math.log(scale) / math.log(ORB_SCALE))
     rank = attrs & ORB_MAX_RANK
+    quota = np.array(orb_quota())
+    factors = ORB_SCALE ** np.arange(ORB_LEVELS)
+    last = np.array([round(size / f) - 1 - ORB_EDGE for f in factors], np.float64)  # the level's far border
+    candidate = np.flatnonzero((level >= 0) & (level < ORB_LEVELS))
+    lv = level[candidate]
+    at_level = xy[candidate] / factors[lv][:, None]
+    inside = ((at_level >= ORB_EDGE) & (at_level <= last[lv][:, None])).all(axis=1)
+    candidate, lv = candidate[inside], lv[inside]
+    # One sort by (level, rank): each level's strongest come first; keep the first ``quota`` of each.
+    order = np.lexsort((rank[candidate], lv))
+    candidate, lv = candidate[order], lv[order]
+    position = np.arange(len(lv)) - np.searchsorted(lv, lv, side="left")
     keep = np.zeros(len(attrs), bool)
-    for k, quota in enumerate(orb_quota()):
-        factor = ORB_SCALE**k
-        level_size = round(size / factor)
-        here = np.flatnonzero((level == k) & _inside(xy / factor, np.full(len(xy), ORB_EDGE), level_size))
-        keep[here[np.argsort(rank[here], kind="stable")[:quota]]] = True
+    keep[candidate[position < quota[lv]]] = True
     return keep

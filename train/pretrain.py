@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -25,8 +26,10 @@ from .data import EpochBatches, PretrainSamples, collate
 from .device import Device, resolve_device, to_host
 from .distributed import broadcast_object, main_first, mean_across_ranks
 from .engine import LossSpec, parameters_finite, train_steps
+from .init import INITS
 from .models import MODELS, build_model
 from .observe import MetricsLog, save_grid
+from .recipes import apply_recipe, fit_global_batch
 from .setup import (
     check_resume_data,
     data_fingerprints,
@@ -52,7 +55,9 @@ def default_workers() -> int:
 
 @dataclass
 class PretrainConfig:
+    recipe: str = "kamim"  # kamim: these defaults; original: the original's values (train/recipes.py)
     model: str = "vit_t"
+    init: str = "hf"  # hf: the original's HuggingFace init (train/init.py); timm: timm's own
     overrides: dict[str, Any] = field(default_factory=dict)
     method: str = "kamim"
     keypoints: str = "cached"
@@ -73,6 +78,7 @@ class PretrainConfig:
     stop_after: int | None = None
     batch_size: int = 64
     accumulation: int = 1
+    global_batch: int | None = None  # if set: accumulation = global_batch / (batch_size x processes)
     lr: float = 8e-4
     weight_decay: float = 0.05
     warmup_steps: int | None = None
@@ -99,6 +105,7 @@ def validate(cfg: PretrainConfig) -> None:
         (cfg.model in MODELS, f"--model {cfg.model}: unknown model; choose one of {', '.join(MODELS)}"),
         (cfg.method in ("kamim", "simmim"), f"--method {cfg.method}: use kamim or simmim"),
         (cfg.gray in ("bgr", "rgb"), f"--gray {cfg.gray}: use bgr or rgb"),
+        (cfg.init in INITS, f"--init {cfg.init}: use hf (the original's HuggingFace init) or timm"),
         (cfg.detector in ("fast", "sift", "orb"), f"--detector {cfg.detector}: use fast, sift or orb"),
         (cfg.keypoints in ("cached", "online"), f"--keypoints {cfg.keypoints}: use cached or online"),
         (cfg.weight_ps in WEIGHT_PATCH_SIZES and IMG_SIZE % cfg.weight_ps == 0,
@@ -154,8 +161,9 @@ def restore_rng_states(states: dict[str, Any]) -> None:
 def run_pretrain(cfg: PretrainConfig) -> Path:
     """Train as ``cfg`` says; returns the run dir (with model.safetensors once all steps are done)."""
     validate(cfg)
-    build_model(cfg.model, IMG_SIZE, **cfg.overrides)  # bad overrides fail before any work
+    build_model(cfg.model, IMG_SIZE, init="timm", **cfg.overrides)  # bad overrides fail before any work
     device = resolve_device(cfg.device, cfg.precision)
+    cfg = fit_global_batch(cfg, device.world)  # --global-batch (--recipe original: 2048) over these processes
     # ranks may name a default run dir a second apart: rank 0's name wins
     run_dir = broadcast_object(Path(cfg.out) if cfg.out else default_run_dir(cfg), device)
     checkpoint = None
@@ -190,7 +198,7 @@ def run_pretrain(cfg: PretrainConfig) -> Path:
             raise UserError(f"--resume: {path} holds NaN/Inf weights ({non_finite(checkpoint['model'])}); delete it "
                             f"to resume from the one before")
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, IMG_SIZE, **cfg.overrides).to(device.device)
+    model = build_model(cfg.model, IMG_SIZE, init=cfg.init, **cfg.overrides).to(device.device)
     check_compile(cfg.compile, device.kind)
     compile_module(model, cfg.compile)  # in place: state_dict keys stay the eager model's
     samples = None if streamed else PretrainSamples(dataset, mode, model.patch_size, cfg.seed, cache, cfg.detector,
@@ -324,8 +332,12 @@ def run_steps(train_model, model, optimizer, scheduler, scaler, batches, device:
         bar.close()
 
 
-def config_from_options(options: dict[str, Any]) -> PretrainConfig:
-    options = dict(options)
+def config_from_options(options: dict[str, Any], given: set[str] | None = None) -> PretrainConfig:
+    """Click options -> config; ``--recipe`` fills the flags not in ``given`` (config field names given on
+    the command line; None: the keys of ``options``)."""
+    options, note = apply_recipe(dict(options), given)
+    if note and os.environ.get("RANK", "0") == "0":
+        click.echo(note, err=True)
     try:
         options["temperature"] = float(options["temperature"])  # "inf": SimMIM's loss via the KAMIM path
     except ValueError:

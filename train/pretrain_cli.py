@@ -5,11 +5,18 @@ from __future__ import annotations
 import click
 
 from .device import DEVICES, PRECISIONS
+from .init import INITS
 from .models import MODELS
+from .recipes import PRETRAIN_RECIPES
 
 
 @click.command("pretrain")
+@click.option("--recipe", default="kamim", show_default=True, type=click.Choice(list(PRETRAIN_RECIPES)),
+              help="kamim: the defaults shown here (a small, fast start). original: the original's ViT-B run (vit_b, "
+                   "global batch 2048, 110 epochs, bf16, online FAST w_ps 8 T 0.25); flags you give still win.")
 @click.option("--model", default="vit_t", show_default=True, help=f"One of {', '.join(MODELS)}.")
+@click.option("--init", default="hf", show_default=True, type=click.Choice(list(INITS)),
+              help="hf: initialise as the original's HuggingFace models; timm: timm's own init.")
 @click.option("--override", multiple=True, metavar="NAME=INT[,INT..]",
               help="Model size override for small experiments: depth, embed_dim, num_heads, depths.")
 @click.option("--method", default="kamim", show_default=True, help="kamim or simmim.")
@@ -37,6 +44,9 @@ from .models import MODELS
               help="Stop (with a checkpoint) after this optimiser step, e.g. to fit a job's time limit.")
 @click.option("--batch-size", default=64, show_default=True, type=int, help="Micro-batch per device.")
 @click.option("--accumulation", default=1, show_default=True, type=int, help="Micro-batches per optimiser step.")
+@click.option("--global-batch", default=None, type=int,
+              help="Images per optimiser step over all processes: sets --accumulation to N / (batch-size x processes), "
+                   "lowering --batch-size if one process's share is smaller [--recipe original: 2048].")
 @click.option("--lr", default=8e-4, show_default=True, type=float)
 @click.option("--weight-decay", default=0.05, show_default=True, type=float)
 @click.option("--warmup-steps", default=None, type=int, help="Default: 10/110 of the steps, like the original.")
@@ -57,17 +67,22 @@ from .models import MODELS
 @click.option("--compile", "compile", is_flag=True,
               help="torch.compile the model, weighting and loss (cpu/cuda; first steps slower while it compiles). "
                    "Checkpoints and resume are the same with or without it.")
-def pretrain(**options) -> None:  # noqa: ANN003
+@click.pass_context
+def pretrain(ctx: click.Context, **options) -> None:  # noqa: ANN003
     """Pretrain a ViT/Swin with SimMIM or KAMIM (keypoint-weighted SimMIM) at 192 px.
 
     \b
-    Defaults reproduce the original recipe: RandomResizedCrop(0.67-1) + v/h flips, 32-px masks at
-    0.6, AdamW 8e-4 wd 0.05, cosine with warmup, clip 1.0, FAST with w_ps 8 and T 0.25. The run dir
+    Always as the original: RandomResizedCrop(0.67-1) + v/h flips, 32-px masks at 0.6, AdamW (wd on
+    every parameter), warmup + cosine. The defaults (--recipe kamim) are a small, fast start: vit_t,
+    effective batch 64 (= batch-size x accumulation x processes), cached keypoints. --recipe original
+    gives the original's ViT-B run: global batch 2048, 110 epochs, bf16, FAST per crop. The run dir
     gets config.json, metrics.jsonl, checkpoints/, grids/ and, at the end, model.safetensors + model.json.
 
     \b
     Examples:
       kamim pretrain --model vit_t --dataset photos --steps 60 --batch-size 32
+      kamim pretrain --recipe original --dataset imagenet                 # 1024 x 2 on one GPU
+      kamim pretrain --recipe original --dataset imagenet --batch-size 256  # 256 x 8: still 2048
       kamim pretrain --model vit_b --method simmim --dataset imagenet --batch-size 256 --accumulation 8
       kamim pretrain --model vit_b --keypoints online --detector sift     # the original's per-crop path
       kamim pretrain --out runs/my-run --resume                           # continue after a stop
@@ -76,4 +91,11 @@ def pretrain(**options) -> None:  # noqa: ANN003
     """
     from .pretrain import config_from_options, run_pretrain
 
-    run_pretrain(config_from_options(options))
+    run_pretrain(config_from_options(options, given_options(ctx)))
+
+
+def given_options(ctx: click.Context) -> set[str]:
+    """Config field names of the options the user gave (command line or environment), not defaults."""
+    given = {click.core.ParameterSource.COMMANDLINE, click.core.ParameterSource.ENVIRONMENT}
+    names = {name for name in ctx.params if ctx.get_parameter_source(name) in given}
+    return {"overrides" if name == "override" else name for name in names}

@@ -14,7 +14,8 @@ from .keypoint_mode import choose_keypoints  # noqa: F401 - the keypoint-mode ru
 # Settings that may change between a run and its resume; everything else must match.
 RESUMABLE_CHANGES = {"out", "resume", "device", "workers", "log_every", "save_every", "grid_every", "stop_after", "nan_policy",
                      "keep_checkpoints", "tensorboard", "wandb", "cache", "data_root",
-                     "compile"}
+                     "compile",
+                     "init", "recipe"}  # init: the weights come from the checkpoint; recipe: its values are compared one by one
 INT_LISTS = {"depths", "num_heads"}
 
 
