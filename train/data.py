@@ -2,9 +2,10 @@
 
 Modes: ``simmim`` (image + mask), ``cached`` (+ the cache's points moved through the same crop and
 flips; rastered on the device), ``online`` (+ the original's ring map: detection on the augmented
-192 crop inside the worker, drawn with cv2.drawKeypoints). Every sample's randomness comes from
-(seed, epoch, index) and the order of an epoch from (seed, epoch), so resumed runs, any number of
-workers and any rank reproduce the same batches.
+192 crop inside the worker, drawn with cv2.drawKeypoints), ``device`` (image + mask like simmim:
+FAST runs on the batch where the model runs, bit-exact to online; preprocess/fast_torch.py). Every
+sample's randomness comes from (seed, epoch, index) and the order of an epoch from (seed, epoch), so
+resumed runs, any number of workers and any rank reproduce the same batches.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from .crop_select import cached_crop_points
 from .distributed import rank_share
 from .masking import random_mask
 
-MODES = ("simmim", "cached", "online")
+MODES = ("simmim", "cached", "online", "device")
 ORDER_KEY = 2**40  # the "index" that seeds an epoch's order: beyond any sample index
 POINT_PAD = 64  # pad the point count to a multiple of this: few distinct shapes for XLA
 

@@ -26,6 +26,8 @@ class LossSpec:
     img_size: int
     patch_size: int
     compile: bool = False  # --compile: weighting and loss through torch.compile (the raster stays eager)
+    keypoints: str = "cached"  # cached | online | device (FAST detected here, on batch["image"])
+    gray: str = "bgr"  # device mode: the gray conversion FAST sees (as --gray)
 
 
 @dataclass
@@ -41,11 +43,16 @@ class StepResult:
 
 
 def batch_weights(batch: dict[str, torch.Tensor], spec: LossSpec) -> torch.Tensor | None:
-    """Pixel weights [B,1,H,W] from the batch's ring maps (online) or points (cached); None = SimMIM."""
+    """Pixel weights [B,1,H,W] from the batch's ring maps (online), points (cached) or its uint8 crops
+    (device: FAST on the device, bit-exact to the online map); None = SimMIM."""
     if spec.method == "simmim" or math.isinf(spec.temperature):
         return None
     if "map" in batch:
         maps = batch["map"]
+    elif spec.keypoints == "device":
+        from kamim.preprocess.fast_torch import fast_ring_maps_torch
+
+        maps = fast_ring_maps_torch(batch["image"], gray=spec.gray)
     else:
         from kamim.preprocess.raster import ring_maps_torch
 

@@ -60,7 +60,8 @@ class PretrainConfig:
     init: str = "hf"  # hf: the original's HuggingFace init (train/init.py); timm: timm's own
     overrides: dict[str, Any] = field(default_factory=dict)
     method: str = "kamim"
-    keypoints: str = "cached"
+    keypoints: str = "cached"  # cached: a keypoint cache; online: OpenCV per crop in the loader; device: FAST only,
+    # detected on the batch where the model runs with torch ops, bit-exact to online (preprocess/fast_torch.py)
     cache: str | None = None
     detector: str = "fast"
     detect_size: int = 256
@@ -107,7 +108,10 @@ def validate(cfg: PretrainConfig) -> None:
         (cfg.gray in ("bgr", "rgb"), f"--gray {cfg.gray}: use bgr or rgb"),
         (cfg.init in INITS, f"--init {cfg.init}: use hf (the original's HuggingFace init) or timm"),
         (cfg.detector in ("fast", "sift", "orb"), f"--detector {cfg.detector}: use fast, sift or orb"),
-        (cfg.keypoints in ("cached", "online"), f"--keypoints {cfg.keypoints}: use cached or online"),
+        (cfg.keypoints in ("cached", "online", "device"), f"--keypoints {cfg.keypoints}: use cached, online or device"),
+        (cfg.keypoints != "device" or cfg.detector == "fast" or cfg.method == "simmim",
+         f"--keypoints device detects FAST only, not {cfg.detector}: use --keypoints online (exact) or cached for "
+         f"{cfg.detector}"),
         (cfg.weight_ps in WEIGHT_PATCH_SIZES and IMG_SIZE % cfg.weight_ps == 0,
          f"--weight-ps {cfg.weight_ps}: use 8, 16 or 32 (must divide {IMG_SIZE} and sit inside a 32-px mask patch)"),
         (cfg.temperature > 0, f"--temperature {cfg.temperature}: must be > 0 (inf gives SimMIM's loss)"),
@@ -257,7 +261,8 @@ def run_pretrain(cfg: PretrainConfig) -> Path:
     train_model = model
     if device.world > 1 and device.kind != "xla":
         train_model = torch.nn.parallel.DistributedDataParallel(model)
-    spec = LossSpec(cfg.method, cfg.weight_ps, cfg.temperature, IMG_SIZE, model.patch_size, cfg.compile)
+    spec = LossSpec(cfg.method, cfg.weight_ps, cfg.temperature, IMG_SIZE, model.patch_size, cfg.compile,
+                    keypoints=cfg.keypoints, gray=cfg.gray)
     stop = min(total, cfg.stop_after) if cfg.stop_after else total
 
     def save(step: int) -> None:

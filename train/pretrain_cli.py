@@ -21,8 +21,9 @@ from .recipes import PRETRAIN_RECIPES
               help="Model size override for small experiments: depth, embed_dim, num_heads, depths.")
 @click.option("--method", default="kamim", show_default=True, help="kamim or simmim.")
 @click.option("--keypoints", default="cached", show_default=True,
-              help="cached or online. cached: points from the keypoint cache, rastered on the device; online: the original "
-                   "(detect on every augmented crop in the loader).")
+              help="cached, online or device. cached: points from the keypoint cache, rastered on the device; online: the "
+                   "original (detect on every augmented crop in the loader); device: FAST only, detected on the batch "
+                   "where the model runs (torch ops, bit-exact to online; no cache, no loader cost).")
 @click.option("--cache", default=None, help="Keypoint cache dir (default: where `kamim cache` writes; built if absent).")
 @click.option("--detector", default="fast", show_default=True, help="fast, sift or orb (OpenCV defaults).")
 @click.option("--detect-size", default=256, show_default=True, type=int, help="Cache detect size (shorter side).")
@@ -85,6 +86,7 @@ def pretrain(ctx: click.Context, **options) -> None:  # noqa: ANN003
       kamim pretrain --recipe original --dataset imagenet --batch-size 256  # 256 x 8: still 2048
       kamim pretrain --model vit_b --method simmim --dataset imagenet --batch-size 256 --accumulation 8
       kamim pretrain --model vit_b --keypoints online --detector sift     # the original's per-crop path
+      kamim pretrain --model vit_b --keypoints device                     # FAST per crop, on the GPU
       kamim pretrain --out runs/my-run --resume                           # continue after a stop
       torchrun --nproc-per-node 8 -m kamim pretrain --model vit_b --batch-size 256   # DDP, 8 GPUs
       python -m kamim.train.xla_launch pretrain --model vit_b --batch-size 128       # every TPU device
