@@ -43,9 +43,12 @@ from kamim.errors import UserError
 @click.option(
     "--data-root", type=click.Path(file_okay=False), help="Dataset root (default $KAMIM_DATA_ROOT or ./data)."
 )
+@click.option("--select/--no-select", default=None,
+              help="SIFT/ORB zarr: store per-point attributes so each crop keeps what its own detector would "
+                   "(default on; --no-select stores the plain detection).")
 @click.pass_context
 def cache(ctx: click.Context, dataset, split, detector, detect_size, fmt, out, workers, gray, store_size,
-          block_size, num_partitions, partition, data_root) -> None:  # fmt: skip
+          block_size, num_partitions, partition, data_root, select) -> None:  # fmt: skip
     """Detect keypoints once per image and write the cache that `kamim pretrain` reads.
 
     Builds on all cores, resumes after interruption (rerun the same command), and records unreadable
@@ -68,7 +71,7 @@ def cache(ctx: click.Context, dataset, split, detector, detect_size, fmt, out, w
     cfg = CacheConfig(
         dataset=dataset, split=split, data_root=data_root, detector=detector, detect_size=detect_size,
         format=fmt, out=out, workers=workers or available_cores(), gray=gray, store_size=store_size,
-        block_size=block_size, num_partitions=num_partitions, partition=partition,
+        block_size=block_size, num_partitions=num_partitions, partition=partition, select=select,
     )  # fmt: skip
     build_cache(cfg)
 

@@ -98,3 +98,17 @@ def test_selection_rules_on_constructed_points():
     attrs = np.arange(n)  # level 0, rank i
     keep = select_in_crop("orb", xy, attrs, 1.0)
     assert not keep[0] and keep.sum() == orb_quota()[0] and keep[1 : 1 + orb_quota()[0]].all()
+
+
+def test_cli_no_select_builds_a_plain_cache(folder, tmp_path):
+    from click.testing import CliRunner
+
+    from kamim.cli import main
+
+    out = tmp_path / "plain-cli"
+    result = CliRunner().invoke(main, ["cache", "--dataset", "folder", "--data-root", str(folder), "--detector",
+                                       "sift", "--no-select", "--workers", "1", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert not manifest.get("point_attrs") and not (out / ATTRS_FILE).exists()
+    assert manifest["detector_params"]["contrast_threshold"] == 0.04
