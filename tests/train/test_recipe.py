@@ -72,7 +72,7 @@ def test_recipe_original_runs_and_resumes_with_its_values(tmp_path):
     assert (saved["model"], saved["overrides"]["embed_dim"], saved["keypoints"], saved["precision"]) == (
         "vit_b", 32, "online", "bf16")
     assert (saved["batch_size"], saved["accumulation"], saved["global_batch"], saved["recipe"]) == (2, 2, 4, "original")
-    again = CliRunner().invoke(pretrain, ["--out", str(run), "--resume"])  # config.json supplies the recipe's values
+    again = CliRunner().invoke(pretrain, [*args, "--resume"])  # the same recipe resolves to the same settings
     assert again.exit_code == 0, again.output
     assert (run / "model.safetensors").is_file()
     assert json.loads((run / "config.json").read_text())["accumulation"] == 2
