@@ -2,8 +2,10 @@
 
 Head as the original: the encoder's final *normalised* tokens, CLS dropped, average pooled, one linear
 layer. Training as the original (TrivialAugmentWide, RandomErasing, MixUp/CutMix, soft-target CE, AdamW,
-warmup + cosine with a tail at lr_min), plus layer-wise LR decay (the original's config has
-LR_DECAY=0.65 but never applies it; ``--layer-decay 1`` reproduces the original exactly).
+warmup + cosine with a tail at lr_min). The default recipe (``kamim``) improves on it: layer-wise LR
+decay 0.65 (the original's config has LR_DECAY=0.65 but never applies it), no weight decay on biases and
+norms, clipping at 1.0, antialiased resizing; ``--recipe original`` runs the original's script as it was
+(recipe.FINETUNE_RECIPES).
 """
 
 from __future__ import annotations
@@ -25,14 +27,23 @@ from kamim.errors import UserError
 from kamim.train.compile import adamw, check_compile, compile_module
 from kamim.validation import check_numbers, check_out
 
-from .features import eval_transform, is_swin, make_loader
+from .features import is_swin, make_loader
 from .linprobe import write_json
-from .recipe import cosine_schedule, evaluate_classifier, mixed_batch, mixup_cutmix, original_train_transform
+from .recipe import (
+    cosine_schedule,
+    evaluate_classifier,
+    finetune_recipe,
+    mixed_batch,
+    mixup_cutmix,
+    original_train_transform,
+    squash_eval_transform,
+)
 from .runs import default_out_dir, latest_run
 
 
 @dataclasses.dataclass
 class FinetuneConfig:
+    recipe: str = "kamim"  # kamim: the improved defaults; original: the original's script (recipe.FINETUNE_RECIPES)
     checkpoint: str | None = None  # run dir, .pt checkpoint or .safetensors export
     latest: bool = False
     dataset: str = "photos"
@@ -43,9 +54,11 @@ class FinetuneConfig:
     lr: float = 5e-3
     weight_decay: float = 0.05
     lr_min: float = 2.5e-6
-    layer_decay: float = 0.65  # 1.0 = none (the original as run)
+    layer_decay: float | None = None  # None: the recipe's (kamim 0.65; original 1.0 = none)
+    decay_all: bool | None = None  # weight decay on biases and norms too (None: kamim no, original yes)
     mixup: float = 1.0  # MixUp/CutMix alpha; 0 disables
-    clip_grad: float | None = 1.0  # the paper's TPU ViT runs clip at 1.0; None = no clipping
+    clip_grad: float | None = None  # 0 = off; None: the recipe's (kamim 1.0; original 0 for ViT, 1.0 for Swin)
+    antialias: bool | None = None  # antialiased Resize (None: kamim yes, original no)
     eval_batch_size: int = 128
     workers: int = 2
     device: str = "auto"
@@ -54,16 +67,24 @@ class FinetuneConfig:
     seed: int = 0
     out: str | None = None  # default: RUN_DIR/finetune
 
+    def resolved(self, family: str) -> FinetuneConfig:
+        """The settings left as None filled from the recipe for a ``vit``/``swin`` encoder, so the saved
+        config says what ran."""
+        values = finetune_recipe(self.recipe, family)
+        unset = {k: v for k, v in values.items() if k != "head_init" and getattr(self, k) is None}
+        return dataclasses.replace(self, **unset)
+
 
 class Classifier(nn.Module):
     """Encoder -> final normalised tokens (CLS dropped) -> average pool -> Linear."""
 
-    def __init__(self, encoder: nn.Module, num_classes: int) -> None:
+    def __init__(self, encoder: nn.Module, num_classes: int, head_init: str = "trunc_normal") -> None:
         super().__init__()
         self.encoder = encoder
-        self.head = nn.Linear(encoder.num_features, num_classes)
-        nn.init.trunc_normal_(self.head.weight, std=0.02)
-        nn.init.zeros_(self.head.bias)
+        self.head = nn.Linear(encoder.num_features, num_classes)  # "torch": PyTorch's default, as the original
+        if head_init == "trunc_normal":
+            nn.init.trunc_normal_(self.head.weight, std=0.02)
+            nn.init.zeros_(self.head.bias)
 
     def pooled(self, images: torch.Tensor) -> torch.Tensor:
         tokens = self.encoder.forward_features(images)  # final norm applied
@@ -75,12 +96,17 @@ class Classifier(nn.Module):
         return self.head(self.pooled(images))
 
 
-def param_groups(model: Classifier, weight_decay: float, layer_decay: float) -> list[dict]:
+def param_groups(model: Classifier, weight_decay: float, layer_decay: float, decay_all: bool = False) -> list[dict]:
     """timm's layer-decay groups for the encoder (stem smallest, last block/norm 1.0); the head at 1.0.
-    Biases and norms are not decayed (the original decayed everything; this is the usual practice)."""
+    Biases and norms are not decayed unless ``decay_all`` (the original decayed everything; not decaying
+    them is the usual practice). ``decay_all`` without layer decay: the original's single group."""
+    if decay_all and layer_decay == 1.0:
+        return [{"params": list(model.parameters()), "weight_decay": weight_decay}]
     groups = param_groups_layer_decay(model.encoder, weight_decay=weight_decay, layer_decay=layer_decay)
     groups.append({"params": [model.head.weight], "weight_decay": weight_decay, "lr_scale": 1.0})
     groups.append({"params": [model.head.bias], "weight_decay": 0.0, "lr_scale": 1.0})
+    for group in groups if decay_all else ():
+        group["weight_decay"] = weight_decay
     return groups
 
 
@@ -99,6 +125,7 @@ def run_finetune(config: FinetuneConfig) -> dict:
     checkpoint = latest_run(config.dataset) if config.latest else Path(config.checkpoint)
     config = dataclasses.replace(config, checkpoint=str(checkpoint))
     mim, info = load_pretrained(checkpoint)
+    config = config.resolved(mim.family)  # --recipe fills what was not given (clip depends on ViT/Swin)
     train_ds = open_dataset(config.dataset, "train", config.data_root)
     val_ds = open_dataset(config.dataset, "val", config.data_root)
     out_dir = Path(config.out) if config.out else default_out_dir(checkpoint, "finetune")
@@ -109,13 +136,15 @@ def run_finetune(config: FinetuneConfig) -> dict:
         save_config(config, out_dir / "finetune_config.json")
     torch.manual_seed(config.seed)
     img_size, num_classes = int(info.get("img_size", 192)), len(train_ds.classes)
-    model = Classifier(mim.encoder, num_classes).to(device.device)
+    model = Classifier(mim.encoder, num_classes, finetune_recipe(config.recipe, mim.family)["head_init"])
+    model = model.to(device.device)
     check_compile(config.compile, device.kind)
     compile_module(model, config.compile)
-    optimizer = adamw(param_groups(model, config.weight_decay, config.layer_decay), device.kind, lr=config.lr)
-    loader = make_loader(train_ds, original_train_transform(img_size), min(config.batch_size, len(train_ds)),
+    optimizer = adamw(param_groups(model, config.weight_decay, config.layer_decay, config.decay_all), device.kind, lr=config.lr)
+    loader = make_loader(train_ds, original_train_transform(img_size, config.antialias), min(config.batch_size, len(train_ds)),
                          config.workers, shuffle=True, drop_last=True, seed=config.seed)
-    val_loader = make_loader(val_ds, eval_transform(img_size, "squash"), config.eval_batch_size, config.workers)
+    val_loader = make_loader(val_ds, squash_eval_transform(img_size, config.antialias), config.eval_batch_size,
+                             config.workers)
     loader = rank_loader(loader, device, config.seed)  # DistributedSampler over the ranks (torchrun)
     train_model = DistributedDataParallel(model) if device.world > 1 else model
     steps = len(loader)
@@ -145,7 +174,7 @@ def run_finetune(config: FinetuneConfig) -> dict:
         history.append({"epoch": epoch + 1, "train_loss": float(loss.detach()), **metrics})
     result = {
         "top1": metrics["top1"], "top5": metrics["top5"], "best_top1": best, "val_loss": metrics["loss"],
-        "epochs": config.epochs, "layer_decay": config.layer_decay, "num_classes": num_classes,
+        "epochs": config.epochs, "recipe": config.recipe, "layer_decay": config.layer_decay, "num_classes": num_classes,
         "checkpoint": str(checkpoint), "model": info.get("model"), "dataset": config.dataset,
         "seconds": time.perf_counter() - start, "history": history,
     }

@@ -4,24 +4,58 @@ linear probe's ``--recipe original`` and by finetuning: augmentations, MixUp/Cut
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from timm.data import Mixup
 from timm.scheduler import CosineLRScheduler
 from torch import nn
 from torchvision.transforms import v2
 
+from kamim.errors import UserError
+
 from .features import IMAGENET_MEAN, IMAGENET_STD
 
+# ``kamim finetune --recipe``: the values of the settings left unset (None). kamim: this project's defaults,
+# improvements on the original; original: its finetune scripts as run (reference/original-kamim.md 4):
+# one AdamW group decaying every parameter, no layer decay, no clipping for ViT (finetune_vit.py has
+# it commented out) but 1.0 for Swin (finetune_swin.py), Resize without antialias, PyTorch's default
+# Linear init for the head. Both: AdamW 5e-3 wd 0.05, batch 2048, 110 epochs (cosine over 100, warmup
+# 10 from 2.5e-6, lr_min 2.5e-6), TrivialAugmentWide + RandomErasing + MixUp/CutMix.
+FINETUNE_RECIPES: dict[str, dict[str, Any]] = {
+    "kamim": {"layer_decay": 0.65, "decay_all": False, "clip_grad": 1.0, "antialias": True, "head_init": "trunc_normal"},
+    "original": {"layer_decay": 1.0, "decay_all": True, "clip_grad": {"vit": 0.0, "swin": 1.0}, "antialias": False,
+                 "head_init": "torch"},
+}
 
-def original_train_transform(img_size: int = 192) -> v2.Compose:
+
+def finetune_recipe(name: str, family: str) -> dict[str, Any]:
+    """The recipe's values for a ``vit`` or ``swin`` encoder (``clip_grad`` depends on the family)."""
+    if name not in FINETUNE_RECIPES:
+        raise UserError(f"--recipe {name}: use one of {', '.join(FINETUNE_RECIPES)}")
+    return {k: (v[family] if isinstance(v, dict) else v) for k, v in FINETUNE_RECIPES[name].items()}
+
+
+def original_train_transform(img_size: int = 192, antialias: bool = False) -> v2.Compose:
     """Resize((S,S)) (aspect distorted, as the original) -> TrivialAugmentWide -> RandomErasing(0.5)
-    -> ImageNet normalisation, on a uint8 HxWx3 array."""
+    -> ImageNet normalisation, on a uint8 HxWx3 array. The original resized uint8 tensors with
+    ``antialias=False`` (plain bilinear: aliasing when it shrinks a photo); ``antialias=True`` is the
+    finetune default's improvement. (It erased before the float conversion; erasing writes 0 either way.)"""
     return v2.Compose([
         v2.ToImage(),
-        v2.Resize((img_size, img_size), antialias=True),
+        v2.Resize((img_size, img_size), antialias=antialias),
         v2.TrivialAugmentWide(),
         v2.ToDtype(torch.float32, scale=True),
         v2.RandomErasing(p=0.5),
+        v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+    ])
+
+
+def squash_eval_transform(img_size: int = 192, antialias: bool = False) -> v2.Compose:
+    """The original's validation transform: Resize((S,S)) of the uint8 image, antialias off as it had it
+    (``features.eval_transform(S, "squash")`` is the same with antialias on) -> ImageNet normalisation."""
+    return v2.Compose([
+        v2.ToImage(), v2.Resize((img_size, img_size), antialias=antialias), v2.ToDtype(torch.float32, scale=True),
         v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
     ])
 
