@@ -92,3 +92,12 @@ def test_optimizer_implementation_follows_the_device_and_survives_a_reload():
     assert params[0].detach().lt(1).all()
     with pytest.raises(UserError, match="--compile"):
         check_compile(True, "xla")
+
+
+def test_the_step_normalises_without_building_constants_each_call_and_bit_for_bit():
+    from kamim.train.augment import normalize
+    from kamim.train.engine import _mean_std, normalize_on_device
+
+    images = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
+    assert torch.equal(normalize_on_device(images), normalize(images))
+    assert _mean_std(images.device) is _mean_std(images.device)  # made once per device: no per-step copy
