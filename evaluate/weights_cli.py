@@ -59,9 +59,20 @@ def keypoint_weights(image: np.ndarray, cfg: WeightsConfig) -> dict[str, np.ndar
         from kamim.preprocess.resize import to_source
 
         steps = SUBPIXEL_STEPS[cfg.detector]
-        codes, scale = detect_canonical(image, cfg.detector, cfg.gray, cfg.detect_size, steps)
-        source = to_source(decode_points(codes, steps), scale)  # exactly what the cache returns
-        points = crop_points(source, crop, IMG_SIZE)
+        if cfg.detector in ("sift", "orb"):  # a selection cache (kamim cache's default for these)
+            from kamim.cache.select import crop_scale, select_in_crop
+            from kamim.preprocess.build import detect_canonical_selected
+            from kamim.train.augment import crop_points_keep
+
+            codes, attrs, scale = detect_canonical_selected(image, cfg.detector, cfg.gray, cfg.detect_size, steps)
+            source = to_source(decode_points(codes, steps), scale)  # exactly what the cache returns
+            points, keep = crop_points_keep(source, crop, IMG_SIZE)
+            points = points[select_in_crop(cfg.detector, points, attrs[keep],
+                                           crop_scale(crop.width, crop.height, scale, IMG_SIZE), IMG_SIZE)]
+        else:
+            codes, scale = detect_canonical(image, cfg.detector, cfg.gray, cfg.detect_size, steps)
+            source = to_source(decode_points(codes, steps), scale)  # exactly what the cache returns
+            points = crop_points(source, crop, IMG_SIZE)
         tensor = torch.from_numpy(points)[None]
         ring = ring_maps_torch(tensor, torch.tensor([len(points)]), IMG_SIZE)[0].numpy()
     density = patch_density(torch.from_numpy(ring)[None], cfg.weight_ps)

@@ -112,3 +112,15 @@ def test_cli_no_select_builds_a_plain_cache(folder, tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     assert not manifest.get("point_attrs") and not (out / ATTRS_FILE).exists()
     assert manifest["detector_params"]["contrast_threshold"] == 0.04
+
+
+def test_kamim_weights_cached_shows_the_selection_cache(folder):
+    from kamim.evaluate.weights_cli import WeightsConfig, keypoint_weights
+
+    image = skimage.data.astronaut()[:400, :460]
+    crop = (20, 30, 330, 380)
+    cached = keypoint_weights(image, WeightsConfig("x", "y", keypoints="cached", detector="orb", crop=crop))
+    online = keypoint_weights(image, WeightsConfig("x", "y", keypoints="online", detector="orb", crop=crop))
+    assert 0 < len(cached["points"]) <= 500
+    r = np.corrcoef(cached["density"].ravel(), online["density"].ravel())[0, 1]
+    assert r > 0.9  # measured: 0.967 here; the plain cache gives 0.767 on this crop
