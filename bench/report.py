@@ -10,9 +10,10 @@ from pathlib import Path
 import click
 
 from .common import REPO, results_dir
+from .report_scale import scale_chart, scale_lines
 
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
-ORDER = ("loader", "step", "build", "fidelity", "wds_vs_folder", "gpu")
+ORDER = ("loader", "step", "build", "fidelity", "wds_vs_folder", "wds_stream", "scale", "gpu")
 
 
 def load(folder: Path) -> dict[str, dict]:
@@ -78,17 +79,28 @@ def detail_tables(records: dict[str, dict]) -> list[str]:
             out.append(f"Source JPEG {r['bytes']['source_image_bytes']:,} bytes/image; "
                        + ", ".join(f"{k} {v['bytes_per_image']:,} bytes/image" for k, v in wds.items()) + ".")
     if "fidelity" in records:
-        out += ["", "Fidelity (median Pearson correlation of per-patch densities over random crops of held-out "
-                "photos):", "", "| set | detector | w_ps | cached vs online | online vs shifted (floor) |",
-                "|---|---|---:|---:|---:|"]
+        out += ["", "Fidelity (Pearson r of per-patch densities, cached vs online on the same random crop of held-out "
+                "photos, median / 10th percentile; floor A: online with the crop box moved 1 source pixel, floor B: "
+                "the crop translated 1 output pixel; weight: mean weight at T 0.25 cached / online, median):", "",
+                "| set | detector | cache | w_ps | cached r | floor A | floor B | r / floor A | density ratio | weight ratio |",
+                "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
         for tag, per in records["fidelity"]["results"].items():
             for d, v in per.items():
                 if not isinstance(v, dict):
                     continue
                 for key, f in v.items():
-                    if key.startswith("w_ps"):
-                        out.append(f"| {tag} | {d} | {key[4:]} | {f['cached_vs_online_median']:.3f} | "
-                                   f"{f['floor_online_vs_shifted_median']:.3f} |")
+                    if not key.startswith("w_ps") or "floor_a" not in f:
+                        continue
+                    fa, fb = f["floor_a"], f["floor_b"]
+                    first = next(x for x in v if x.startswith("w_ps"))
+                    for name, e in f.items():
+                        if name in ("floor_a", "floor_b"):
+                            continue
+                        dr = v[first][name].get("density_ratio", {})
+                        out.append(f"| {tag} | {d} | {name} | {key[4:]} | {e['r']['median']:.3f} / {e['r']['p10']:.3f} | "
+                                   f"{fa['median']:.3f} / {fa['p10']:.3f} | {fb['median']:.3f} / {fb['p10']:.3f} | "
+                                   f"{e['r_over_floor_a']['median']:.3f} / {e['r_over_floor_a']['p10']:.3f} | "
+                                   f"{dr.get('median', float('nan')):.2f} | {e['mean_weight_ratio_T0.25']['median']:.3f} |")
     if "wds_vs_folder" in records:
         r = records["wds_vs_folder"]["images_per_s"]
         out += ["", "Large photos, kamim-cached loader: " + ", ".join(f"{k} {_num(v['median'])} img/s"
@@ -105,6 +117,12 @@ def detail_tables(records: dict[str, dict]) -> list[str]:
     return out
 
 
+def scale_chart_path(records: dict[str, dict]) -> Path | None:
+    """bench/results[/quick]/scale.png, drawn from scale.json (None without it)."""
+    quick = any(r.get("quick") for r in records.values())
+    return scale_chart(records, results_dir(quick) / "scale.png")
+
+
 def section(records: dict[str, dict], chart: Path | None) -> str:
     if not records:
         return "No benchmark results yet: run `make bench`."
@@ -116,6 +134,7 @@ def section(records: dict[str, dict], chart: Path | None) -> str:
              "busy machine slows both sides alike; absolute figures are for context.",
              "", f"Machine: {machine_line(first)}." + (" **Quick mode: small, noisy samples.**" if quick else ""),
              "", *targets_table(records), *detail_tables(records)]
+    lines += scale_lines(records, scale_chart_path(records))
     if chart is not None:
         lines += ["", f"![benchmark ratios]({chart.relative_to(REPO).as_posix()})"]
     return "\n".join(lines)
