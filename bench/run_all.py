@@ -1,5 +1,6 @@
-"""`make bench`: every CPU benchmark in turn (loader, step, peer, build, fidelity, wds vs folder), each printing
-its ratio lines as it finishes, then the README Performance section and the chart.
+"""`make bench`: every CPU benchmark in turn (loader, step, peer, build, fidelity, wds vs folder, wds stream
+like for like, cache scale over N), each printing its ratio lines as it finishes, then the README Performance
+section and the charts.
 
     python -m bench.run_all                       # full run, ~15-20 min on 2 quiet cores (first run
                                                   # also writes data/bench-large and caches/bench)
@@ -21,7 +22,7 @@ import click
 from .common import ratio_line
 from .large_photos import ensure_large_photos
 
-BENCHMARKS = ("loader", "step", "peer", "build", "fidelity", "wds_vs_folder")
+BENCHMARKS = ("loader", "step", "peer", "build", "fidelity", "wds_vs_folder", "wds_stream", "scale")
 
 
 @click.command()

@@ -1,0 +1,259 @@
+"""The cache at scale: per-sample keypoint cost, reader open time, memory per loader worker and the loader
+ratio kamim-cached / simmim, against the number of images N in the cache (2 k .. 1.28 M).
+
+Synthetic caches (bench/scale_data.py: written by kamim.cache.zarr_store.write_zarr, FAST-like Poisson(1,400)
+and SIFT-like Poisson(400) points per image) are read through the real reader (kamim.cache.open_cache: the
+derived flat file, memory-mapped) by real DataLoader workers (forkserver, as `kamim pretrain` starts them):
+- keypoint cost: ``points(i)`` + ``train.augment.crop_points`` per sample in random order, timed inside the
+  worker (thread CPU time, so 8 workers on 2 cores measure cost, not waiting), median and p90;
+- open: the first call in each worker (header, store key, crc32c of offsets/scale/status);
+- memory: /proc/<pid>/smaps_rollup of each worker before the open and after its samples: anonymous
+  (private, unshareable) and PSS (shared pages split between the processes mapping them, so each page
+  counts once in total); the flat file itself is page cache, counted once;
+- loader ratio: images/s of PretrainSamples cached vs simmim on the real photo set indexed modulo its size.
+
+    python -m bench.scale                       # N = 2k, 20k, 200k, 300k (first run writes the caches)
+    python -m bench.scale --sizes 2000,1280000  # any N list
+    python -m bench.scale --quick               # N = 2k, 20k, 2 workers: checks it works
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+
+import click
+import numpy as np
+
+from kamim.cache import open_cache
+from kamim.cache.flat import flat_path
+
+from .common import cores, interleaved, log, paired_ratio, ratio_entry, start, write_result
+from .scale_data import synthetic_cache
+
+_MEMORY_FIELDS = ("Rss", "Pss", "Anonymous", "Private_Clean", "Private_Dirty", "Shared_Clean")
+
+
+def memory_kib(pid: int | str = "self") -> dict[str, int]:
+    """Selected /proc/<pid>/smaps_rollup fields in KiB."""
+    out = {}
+    with open(f"/proc/{pid}/smaps_rollup") as handle:
+        for line in handle:
+            name, _, rest = line.partition(":")
+            if name in _MEMORY_FIELDS:
+                out[name] = int(rest.split()[0])
+    return out
+
+
+_OPENED: dict[str, float] = {}  # per worker process: the open time, once
+
+
+class KeypointProbe:
+    """Map-style dataset: each item times points(i) + crop_points in the worker that serves it."""
+
+    def __init__(self, cache, size: int = 192) -> None:  # noqa: ANN001
+        self.cache, self.size = cache, size
+        self.served = 0
+
+    def __len__(self) -> int:
+        return len(self.cache)
+
+    def __getitem__(self, index: int) -> dict:
+        from kamim.train.augment import crop_points, sample_crop, sample_seed, seeded
+
+        item: dict = {"pid": os.getpid()}
+        if "open_s" not in _OPENED:
+            item["mem_before"] = memory_kib()
+            began = time.perf_counter()
+            self.cache.is_ok(0)  # the reader's open in this process
+            _OPENED["open_s"] = item["open_s"] = time.perf_counter() - began
+        height = int(round(256 / float(self.cache.scale(index)[1])))
+        with seeded(sample_seed(0, 0, index)):
+            crop = sample_crop(height, int(height * 1.3), self.size)
+        wall, cpu = time.perf_counter_ns(), time.thread_time_ns()
+        points = self.cache.points(index)
+        middle = time.thread_time_ns()
+        crop_points(points, crop, self.size)
+        end = time.thread_time_ns()
+        item["cpu_ns"], item["wall_ns"] = end - cpu, time.perf_counter_ns() - wall
+        item["points_ns"], item["crop_ns"] = middle - cpu, end - middle
+        self.served += 1
+        if self.served % 128 == 1:
+            item["mem"] = memory_kib()
+        return item
+
+
+def as_list(items: list) -> list:
+    return items
+
+
+def keypoint_path(cache_dir, workers: int, samples: int, seed: int) -> dict:  # noqa: ANN001
+    """Random-order samples through a real DataLoader: cost, open time and memory per worker."""
+    from torch.utils.data import DataLoader
+
+    cache = open_cache(cache_dir)
+    order = np.random.default_rng(seed).integers(0, len(cache), samples).tolist()
+    loader = DataLoader(KeypointProbe(cache), batch_size=32, sampler=order, num_workers=workers,
+                        collate_fn=as_list, multiprocessing_context="forkserver")
+    items = [item for batch in loader for item in batch]
+    cpu = np.array([i["cpu_ns"] for i in items]) / 1e3
+    wall = np.array([i["wall_ns"] for i in items]) / 1e3
+    alone = {k: float(np.median([i[f"{k}_ns"] for i in items]) / 1e3) for k in ("points", "crop")}
+    per_pid: dict[int, dict] = {}
+    for item in items:
+        entry = per_pid.setdefault(item["pid"], {})
+        for key in ("open_s", "mem_before", "mem"):
+            if key in item:
+                entry[key] = item[key]
+    added = [{f"{k}_mib": (e["mem"][k] - e["mem_before"][k]) / 1024 for k in ("Anonymous", "Pss", "Rss")}
+             for e in per_pid.values() if "mem" in e and "mem_before" in e]
+    opens = [e["open_s"] for e in per_pid.values() if "open_s" in e]
+    return {
+        "workers": workers, "samples": len(items),
+        "cost_us": {"median": float(np.median(cpu)), "p90": float(np.percentile(cpu, 90))},
+        "wall_us": {"median": float(np.median(wall)), "p90": float(np.percentile(wall, 90))},
+        "median_us_of": alone,  # points(i) alone and crop_points alone
+        "open_s": {"median": float(np.median(opens)), "max": float(max(opens))},
+        "added_per_worker_mib": {k: float(max(a[k] for a in added)) for k in added[0]} if added else {},
+        "points_per_image_median": float(np.median(cache.counts)),
+    }
+
+
+class Modulo:
+    """A dataset of ``count`` samples that repeats ``base`` (the real photos, indexed modulo its size)."""
+
+    def __init__(self, base, count: int) -> None:  # noqa: ANN001
+        self.base, self.count = base, count
+        self.name, self.split = base.name, base.split
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index: int):  # noqa: ANN204
+        return self.base[index % len(self.base)]
+
+    def describe(self) -> str:
+        return f"{self.base.describe()} repeated to {self.count}"
+
+
+def loader_ratio(cache_dir, detector: str, cfg: ScaleBenchConfig) -> dict:  # noqa: ANN001
+    from torch.utils.data import DataLoader
+
+    from kamim.datasets import open_dataset
+    from kamim.train.data import EpochBatches, PretrainSamples, collate
+
+    from .pipelines import loader_rate
+
+    cache = open_cache(cache_dir)
+    photos = open_dataset(cfg.ratio_dataset, "train", None)
+    dataset = Modulo(photos, len(cache))
+    workers = cfg.ratio_workers or cores()
+
+    def measure(mode: str) -> float:
+        samples = PretrainSamples(dataset, mode, 16, 0, cache if mode == "cached" else None, detector)
+        loader = DataLoader(samples, batch_sampler=EpochBatches(np.arange(len(cache)), cfg.batch_size, 0),
+                            num_workers=workers, collate_fn=collate, multiprocessing_context="forkserver")
+        return loader_rate(loader, cfg.ratio_batches, cfg.ratio_skip)
+
+    rates = interleaved({"simmim": lambda: measure("simmim"), "cached": lambda: measure("cached")},
+                        cfg.ratio_repetitions, log)
+    return {"images_per_s": {k: float(np.median(v)) for k, v in rates.items()}, "samples": rates,
+            "ratio": paired_ratio(rates["cached"], rates["simmim"]), "workers": workers,
+            "dataset": f"{cfg.ratio_dataset} ({len(photos)} photos) modulo {len(cache)}"}
+
+
+@dataclass
+class ScaleBenchConfig:
+    quick: bool = False
+    sizes: tuple[int, ...] = (2_000, 20_000, 200_000, 300_000)
+    detectors: tuple[str, ...] = ("fast", "sift")
+    worker_counts: tuple[int, ...] = (2, 8)
+    samples: int = 4_000  # keypoint samples per (N, detector, workers)
+    ratio_detectors: tuple[str, ...] = ("fast",)
+    ratio_dataset: str = "photos"
+    ratio_workers: int = 0  # 0: all cores
+    batch_size: int = 32
+    ratio_batches: int = 12
+    ratio_skip: int = 3
+    ratio_repetitions: int = 3
+
+
+def ensure_flat(cache_dir, record: dict) -> dict:  # noqa: ANN001
+    """Build the derived flat file now (timed) unless it is there; its build time is kept with the record."""
+    import json
+
+    record_path = cache_dir.with_suffix(".json")
+    flat = flat_path(cache_dir)
+    if "flat_build_s" not in record or not flat.is_file():
+        flat.unlink(missing_ok=True)
+        began = time.perf_counter()
+        open_cache(cache_dir).is_ok(0)  # builds it in a child process, as any first reader would
+        record["flat_build_s"] = round(time.perf_counter() - began, 2)
+        record_path.write_text(json.dumps(record, indent=2) + "\n")
+    record["flat_bytes"] = flat.stat().st_size
+    return record
+
+
+def run(cfg: ScaleBenchConfig) -> dict:
+    began = start(cfg)
+    results: dict = {}
+    ratios = []
+    for detector in cfg.detectors:
+        for n in cfg.sizes:
+            t0 = time.perf_counter()
+            cache_dir, record = synthetic_cache(n, detector)
+            record = ensure_flat(cache_dir, record)
+            log(f"scale: {detector} N={n:,}: zarr {record['bytes_per_image']:.0f} B/image (written in "
+                f"{record['write_s']} s), flat file {record['flat_bytes'] / 2**20:.0f} MiB (built in "
+                f"{record['flat_build_s']} s); ready in {time.perf_counter() - t0:.0f} s")
+            entry = {"cache": record, "keypoints": {}}
+            for workers in cfg.worker_counts:
+                k = keypoint_path(cache_dir, workers, cfg.samples, seed=n + workers)
+                entry["keypoints"][str(workers)] = k
+                log(f"  {workers} workers: points+crop {k['cost_us']['median']:.1f} us median, "
+                    f"{k['cost_us']['p90']:.1f} us p90 (points(i) {k['median_us_of']['points']:.1f}, crop_points "
+                    f"{k['median_us_of']['crop']:.1f}); open {k['open_s']['max']:.3f} s; added per worker "
+                    + ", ".join(f"{a} {v:.0f} MiB" for a, v in k["added_per_worker_mib"].items()))
+            if detector in cfg.ratio_detectors:
+                entry["loader"] = loader_ratio(cache_dir, detector, cfg)
+                log(f"  loader kamim-cached/simmim {entry['loader']['ratio']:.3f} "
+                    f"({entry['loader']['images_per_s']})")
+                ratios.append(ratio_entry(f"loader kamim-cached/simmim {detector} N={n:,}",
+                                          entry["loader"]["ratio"], 0.97 if n >= 200_000 else None))
+            results.setdefault(detector, {})[str(n)] = entry
+    for detector, per_n in results.items():
+        worst = max(e["keypoints"][w]["cost_us"]["median"] for e in per_n.values() for w in e["keypoints"])
+        ratios.append(ratio_entry(f"keypoint cost {detector} us/sample, worst median over N",
+                                  worst, 20.0, higher_is_better=False, note="points(i)+crop_points"))
+        opens = max(e["keypoints"][w]["open_s"]["max"] for e in per_n.values() for w in e["keypoints"])
+        ratios.append(ratio_entry(f"reader open {detector} s, worst worker", opens, 2.0, higher_is_better=False))
+    payload = {"results": results, "ratios": ratios, "cores": cores()}
+    write_result("scale", cfg, payload, began)
+    return payload
+
+
+def config(quick: bool = False) -> ScaleBenchConfig:
+    cfg = ScaleBenchConfig(quick=quick)
+    if quick:
+        cfg.sizes, cfg.worker_counts, cfg.samples, cfg.ratio_repetitions = (2_000, 20_000), (2,), 1_000, 2
+        cfg.ratio_batches, cfg.ratio_skip = 6, 2
+    return cfg
+
+
+@click.command()
+@click.option("--quick", is_flag=True, help="N = 2k and 20k, 2 workers, fewer samples: checks it works.")
+@click.option("--sizes", help="Comma-separated N list (default 2000,20000,200000,300000).")
+@click.option("--detectors", help="Comma-separated: fast,sift (default both).")
+def main(quick: bool, sizes: str | None, detectors: str | None) -> None:
+    """Keypoint cost, reader open time, memory per worker and loader ratio against the cache size N."""
+    cfg = config(quick)
+    if sizes:
+        cfg.sizes = tuple(int(s) for s in sizes.split(","))
+    if detectors:
+        cfg.detectors = tuple(detectors.split(","))
+    run(cfg)
+
+
+if __name__ == "__main__":
+    main()
