@@ -40,6 +40,9 @@ from .recipe import FINETUNE_RECIPES
 @click.option("--compile", "compile", is_flag=True, help="torch.compile the model (cpu/cuda); checkpoints unchanged.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--out", default=None, help="Output dir [default: RUN_DIR/finetune]")
+@click.option("--resume", is_flag=True, help="Continue OUT from its newest checkpoint (exactly, on the CPU).")
+@click.option("--save-every", type=int, default=1, show_default=True, help="Epochs between checkpoints in OUT/checkpoints.")
+@click.option("--keep-checkpoints", type=int, default=2, show_default=True, help="Newest checkpoints kept (0: all).")
 def finetune(**options) -> None:
     """Finetune a pretrained encoder end to end; top-1/top-5 to OUT/finetune.json.
 
@@ -52,6 +55,7 @@ def finetune(**options) -> None:
       kamim finetune --latest --dataset photos --epochs 20 --batch-size 64
       kamim finetune --checkpoint runs/imagenet-vit_b-kamim --dataset imagenet
       kamim finetune --checkpoint runs/imagenet-vit_b-kamim --dataset imagenet --recipe original
+      kamim finetune --checkpoint runs/imagenet-vit_b-kamim --dataset imagenet --resume   # after a stop
     """
     # --clip-grad 0 = off, as in pretrain (negative: refused); not given (None): the recipe's
     run_finetune(FinetuneConfig(**options))

@@ -104,11 +104,11 @@ class TransformedDataset(torch.utils.data.Dataset):
 
 
 def make_loader(dataset, transform, batch_size: int, workers: int, shuffle: bool = False,
-                drop_last: bool = False, seed: int = 0) -> torch.utils.data.DataLoader:
+                drop_last: bool = False, seed: int = 0, persistent: bool = True) -> torch.utils.data.DataLoader:
     generator = torch.Generator().manual_seed(seed)
     return torch.utils.data.DataLoader(
         TransformedDataset(dataset, transform), batch_size=batch_size, shuffle=shuffle, drop_last=drop_last,
-        num_workers=workers, persistent_workers=workers > 0, generator=generator,
+        num_workers=workers, persistent_workers=persistent and workers > 0, generator=generator,
     )
 
 

@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 from timm.loss import SoftTargetCrossEntropy
 from timm.optim._param_groups import param_groups_layer_decay
 from torch import nn
@@ -28,6 +27,7 @@ from kamim.train.compile import adamw, check_compile, compile_module
 from kamim.validation import check_numbers, check_out
 
 from .features import is_swin, make_loader
+from .finetune_state import restore, resume_state, seed_everything, training_state
 from .linprobe import write_json
 from .recipe import (
     cosine_schedule,
@@ -66,6 +66,9 @@ class FinetuneConfig:
     compile: bool = False  # torch.compile the classifier (in place: checkpoints keep the eager keys)
     seed: int = 0
     out: str | None = None  # default: RUN_DIR/finetune
+    resume: bool = False  # continue OUT from its newest checkpoint (exactly, on the CPU)
+    save_every: int = 1  # epochs between checkpoints (OUT/checkpoints/step-*.pt; the last epoch always)
+    keep_checkpoints: int = 2
 
     def resolved(self, family: str) -> FinetuneConfig:
         """The settings left as None filled from the recipe for a ``vit``/``swin`` encoder, so the saved
@@ -114,8 +117,8 @@ def run_finetune(config: FinetuneConfig) -> dict:
     """Finetune one checkpoint; writes OUT/finetune.json (+ config, weights) and returns the result."""
     from torch.nn.parallel import DistributedDataParallel
 
-    from kamim.train.checkpoint import load_pretrained
-    from kamim.train.device import resolve_device
+    from kamim.train.checkpoint import load_pretrained, refuse_non_finite, save_checkpoint, write_safetensors
+    from kamim.train.device import resolve_device, to_host
     from kamim.train.distributed import rank_loader
 
     check_numbers("finetune", config)  # every numeric flag: type, finite, range (kamim/validation.py)
@@ -130,31 +133,40 @@ def run_finetune(config: FinetuneConfig) -> dict:
     val_ds = open_dataset(config.dataset, "val", config.data_root)
     out_dir = Path(config.out) if config.out else default_out_dir(checkpoint, "finetune")
     config = dataclasses.replace(config, out=str(out_dir))
+    resumed = resume_state(out_dir, config)  # before anything is written: same settings, finite weights
     device = resolve_device(config.device, config.precision)  # joins the process group under torchrun
     if device.is_main:  # under torchrun every rank trains, only rank 0 prints and writes
         print(format_config(config), flush=True)
         save_config(config, out_dir / "finetune_config.json")
-    torch.manual_seed(config.seed)
+    seed_everything(config.seed)  # MixUp/CutMix draw from numpy: seeded too, so a run repeats (and resumes) exactly
     img_size, num_classes = int(info.get("img_size", 192)), len(train_ds.classes)
     model = Classifier(mim.encoder, num_classes, finetune_recipe(config.recipe, mim.family)["head_init"])
     model = model.to(device.device)
     check_compile(config.compile, device.kind)
     compile_module(model, config.compile)
     optimizer = adamw(param_groups(model, config.weight_decay, config.layer_decay, config.decay_all), device.kind, lr=config.lr)
+    # workers restart every epoch from the reseeded generator: an epoch's draws depend on (seed, epoch) only
     loader = make_loader(train_ds, original_train_transform(img_size, config.antialias), min(config.batch_size, len(train_ds)),
-                         config.workers, shuffle=True, drop_last=True, seed=config.seed)
+                         config.workers, shuffle=True, drop_last=True, seed=config.seed, persistent=False)
     val_loader = make_loader(val_ds, squash_eval_transform(img_size, config.antialias), config.eval_batch_size,
                              config.workers)
     loader = rank_loader(loader, device, config.seed)  # DistributedSampler over the ranks (torchrun)
-    train_model = DistributedDataParallel(model) if device.world > 1 else model
     steps = len(loader)
     schedule = cosine_schedule(optimizer, config.epochs * steps, config.warmup_epochs * steps, config.lr_min,
                                config.lr_min, cosine_steps=max(1, config.epochs - config.warmup_epochs) * steps)
     mix, criterion = mixup_cutmix(num_classes, config.mixup), SoftTargetCrossEntropy()
-    start, step, best, history = time.perf_counter(), 0, 0.0, []
-    for epoch in tqdm(range(config.epochs), desc="finetune", disable=not device.is_main):
+    start, first, step, best, history, metrics, train_loss = time.perf_counter(), 0, 0, 0.0, [], {}, float("nan")
+    if resumed is not None:
+        first, step, best, history, metrics, train_loss = restore(resumed, model, optimizer, schedule)
+        if device.is_main:
+            print(f"finetune: resuming {out_dir} after epoch {first} (step {step})", flush=True)
+    train_model = DistributedDataParallel(model) if device.world > 1 else model
+    for epoch in tqdm(range(first, config.epochs), desc="finetune", disable=not device.is_main, initial=first,
+                      total=config.epochs):
         if device.world > 1:
             loader.sampler.set_epoch(epoch)
+        else:
+            loader.generator.manual_seed(config.seed + epoch)
         model.train()
         for images, labels in loader:
             images, labels = images.to(device.device), labels.to(device.device)
@@ -170,8 +182,12 @@ def run_finetune(config: FinetuneConfig) -> dict:
             schedule.step_update(step)
         with device.autocast():
             metrics = evaluate_classifier(model, val_loader, device.device)
-        best = max(best, metrics["top1"])
-        history.append({"epoch": epoch + 1, "train_loss": float(loss.detach()), **metrics})
+        best, train_loss = max(best, metrics["top1"]), float(loss.detach())
+        history.append({"epoch": epoch + 1, "train_loss": train_loss, **metrics})
+        if device.is_main and ((epoch + 1) % config.save_every == 0 or epoch + 1 == config.epochs):
+            save_checkpoint(out_dir, step, to_host(training_state(model, optimizer, schedule, config, epoch + 1, step,
+                                                                  best, history, metrics, train_loss)),
+                            keep=config.keep_checkpoints)
     result = {
         "top1": metrics["top1"], "top5": metrics["top5"], "best_top1": best, "val_loss": metrics["loss"],
         "epochs": config.epochs, "recipe": config.recipe, "layer_decay": config.layer_decay, "num_classes": num_classes,
@@ -180,8 +196,9 @@ def run_finetune(config: FinetuneConfig) -> dict:
     }
     if not device.is_main:  # every rank evaluated the whole val set, so all return the same result
         return result
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
-              str(out_dir / "finetuned.safetensors"))
+    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    refuse_non_finite(weights, out_dir / "finetuned.safetensors")
+    write_safetensors(weights, out_dir / "finetuned.safetensors", hint="free disk space and rerun with --resume")
     write_json(out_dir / "finetune.json", result)
     print(f"finetune: top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  (best top-1 {best:.2f}%) "
           f"-> {out_dir / 'finetune.json'}", flush=True)
