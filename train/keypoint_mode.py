@@ -54,3 +54,12 @@ def choose_keypoints(requested: str | None, detector: str, dataset: Any,
         return "cached", None
     mode = "device" if detector == "fast" and "device" in available else "online"
     return mode, f"keypoints: {mode} (not cached) for {reason}; pass --keypoints cached to use a cache anyway"
+
+
+def plain_cache_note(manifest: dict, path: Any) -> str | None:
+    """A note for a SIFT/ORB zarr cache without crop-time selection (built before it, or --no-select)."""
+    if manifest.get("detector") not in ("sift", "orb") or manifest.get("format") != "zarr" or manifest.get("point_attrs"):
+        return None
+    return (f"note: {path} holds plain {manifest['detector']} detections without crop-time selection: its per-crop "
+            f"densities are biased against the original's (bench/fidelity.py: mean weight at T 0.25 1.11-1.53x); "
+            f"delete it and rebuild with `kamim cache` (selection is the default) to fix that")

@@ -9,7 +9,10 @@ from typing import Any
 from kamim.errors import UserError
 from kamim.paths import default_cache_dir
 
-from .keypoint_mode import choose_keypoints  # noqa: F401 - the keypoint-mode rule for tiny images (pretrain wires it)
+from .keypoint_mode import (
+    choose_keypoints,  # noqa: F401 - the keypoint-mode rule for tiny images (pretrain wires it)
+    plain_cache_note,
+)
 
 # Settings that may change between a run and its resume; everything else must match.
 RESUMABLE_CHANGES = {"out", "resume", "device", "workers", "log_every", "save_every", "grid_every", "stop_after", "nan_policy",
@@ -69,6 +72,8 @@ def open_training_cache(cfg: Any, dataset: Any, log: Callable[..., None]) -> Any
                                        out=str(path)))
     cache = open_cache(path)
     manifest = cache.manifest
+    if (note := plain_cache_note(manifest, path)) is not None:
+        log(note, err=True)
     for key in ("detector", "detect_size", "gray"):
         wanted = getattr(cfg, key)
         if manifest[key] != wanted:

@@ -41,3 +41,11 @@ def test_photo_sized_images_keep_the_cache(tmp_path):
     assert choose_keypoints(None, "fast", photos, ("cached", "online", "device")) == ("cached", None)
     assert choose_keypoints("online", "sift", photos) == ("online", None)
     assert np.isscalar(shorter_side(photos))
+
+
+def test_plain_sift_and_orb_caches_get_a_note():
+    from kamim.train.keypoint_mode import plain_cache_note
+
+    assert "rebuild" in plain_cache_note({"detector": "orb", "format": "zarr"}, "c")
+    assert plain_cache_note({"detector": "orb", "format": "zarr", "point_attrs": {"count": 3}}, "c") is None
+    assert plain_cache_note({"detector": "fast", "format": "zarr"}, "c") is None
