@@ -1,6 +1,8 @@
 """Train-step time, kamim-cached vs simmim: forward + backward + optimiser through the trainer's own
 loop (train.engine.train_steps), the weights computed where the trainer computes them (ring maps on
 the device from the padded points). The same real batch feeds both, so only the weighting differs.
+Side by side: ``--keypoints device`` (FAST detected on the batch's uint8 crops where the model runs),
+and that detection + raster + weights alone at batch ``detect_batch`` (64: the trainer's default).
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ class StepBenchConfig:
     warmup_steps: int = 2
     repetitions: int = 5
     weighting_calls: int = 20
+    device_fast: bool = True  # also time --keypoints device (FAST on the device) against simmim
+    detect_batch: int = 64  # batch for timing device FAST + raster + weights alone
 
 
 def real_batch(cfg: StepBenchConfig, detector: str) -> dict[str, torch.Tensor]:
@@ -42,7 +46,8 @@ def real_batch(cfg: StepBenchConfig, detector: str) -> dict[str, torch.Tensor]:
     return next(iter(loader))
 
 
-def make_trainer(model: torch.nn.Module, device, method: str, cfg: StepBenchConfig, batch: dict):  # noqa: ANN001, ANN201
+def make_trainer(model: torch.nn.Module, device, method: str, cfg: StepBenchConfig, batch: dict,  # noqa: ANN001, ANN201
+                 keypoints: str = "cached"):
     """A train_steps generator for ``method`` over an endless repeat of ``batch``."""
     from timm.scheduler import CosineLRScheduler
 
@@ -51,8 +56,8 @@ def make_trainer(model: torch.nn.Module, device, method: str, cfg: StepBenchConf
     optimizer = torch.optim.AdamW(model.parameters(), lr=8e-4, weight_decay=0.05, betas=(0.9, 0.999))
     scheduler = CosineLRScheduler(optimizer, t_initial=10**6, lr_min=1e-5, warmup_t=10, warmup_lr_init=1e-6,
                                   t_in_epochs=False)
-    spec = LossSpec(method, cfg.weight_ps, cfg.temperature, 192, model.patch_size)
-    if method == "simmim":
+    spec = LossSpec(method, cfg.weight_ps, cfg.temperature, 192, model.patch_size, keypoints=keypoints)
+    if method == "simmim" or keypoints == "device":  # the device mode's loader sends what simmim's does
         batch = {k: v for k, v in batch.items() if k in ("image", "mask")}
     return train_steps(model, optimizer, scheduler, device.grad_scaler(), itertools.repeat(batch), device, spec,
                        0, 10**9, 1, 1.0)
@@ -70,11 +75,11 @@ def time_steps(steps, count: int, device) -> float:  # noqa: ANN001
     return median(times)
 
 
-def weighting_ms(batch: dict, cfg: StepBenchConfig, device, calls: int) -> float:  # noqa: ANN001
-    """Ring maps + densities + weights for the whole batch, alone (median ms)."""
+def weighting_ms(batch: dict, cfg: StepBenchConfig, device, calls: int, keypoints: str = "cached") -> float:  # noqa: ANN001
+    """Ring maps (device: FAST detection first) + densities + weights for the whole batch, alone (median ms)."""
     from kamim.train.engine import LossSpec, batch_weights
 
-    spec = LossSpec("kamim", cfg.weight_ps, cfg.temperature, 192, 16)
+    spec = LossSpec("kamim", cfg.weight_ps, cfg.temperature, 192, 16, keypoints=keypoints)
     batch = device.to(batch)
     times = []
     for _ in range(calls + 2):
@@ -100,12 +105,28 @@ def run(cfg: StepBenchConfig) -> dict:
     first = batches[cfg.detectors[0]]
     trainers = {"simmim": make_trainer(copy.deepcopy(base), device, "simmim", cfg, first)}
     trainers |= {f"kamim-{d}": make_trainer(copy.deepcopy(base), device, "kamim", cfg, b) for d, b in batches.items()}
+    device_fast = cfg.device_fast and "fast" in batches
+    if device_fast:  # the same crops, FAST detected on them in the step
+        trainers["kamim-fast-device"] = make_trainer(copy.deepcopy(base), device, "kamim", cfg, batches["fast"], "device")
     for steps in trainers.values():
         time_steps(steps, cfg.warmup_steps, device)
     samples = interleaved({m: (lambda s=s: time_steps(s, cfg.steps, device)) for m, s in trainers.items()},
                           cfg.repetitions, log)
     weight_ms = {d: weighting_ms(b, cfg, device, cfg.weighting_calls) for d, b in batches.items()}
     simmim_s = median(samples["simmim"])
+    ratios = [ratio_entry(f"step {cfg.model} kamim-cached/simmim {d} ({device.kind})",
+                          paired_ratio(samples[f"kamim-{d}"], samples["simmim"]), 1.03, False,
+                          note=f"weighting alone {weight_ms[d]:.1f} ms of a {simmim_s * 1e3:.0f} ms step")
+              for d in cfg.detectors]
+    detect = {}
+    if device_fast:
+        weight_ms["fast-device"] = weighting_ms(batches["fast"], cfg, device, cfg.weighting_calls, "device")
+        detect = device_detect_ms(cfg, device)
+        ratios.append(ratio_entry(f"step {cfg.model} kamim-device/simmim fast ({device.kind})",
+                                  paired_ratio(samples["kamim-fast-device"], samples["simmim"]), 1.03, False,
+                                  note=f"detection + weighting alone {weight_ms['fast-device']:.1f} ms of a "
+                                       f"{simmim_s * 1e3:.0f} ms step; batch {cfg.detect_batch}: "
+                                       f"{detect['ms']:.1f} ms"))
     payload = {
         "device": device.kind, "precision": device.precision,
         "points_per_crop": {d: {"median": median(c), "max": max(c), "padded": int(batches[d]["points"].shape[1])}
@@ -114,26 +135,34 @@ def run(cfg: StepBenchConfig) -> dict:
         "images_per_s": {m: cfg.batch_size / median(v) for m, v in samples.items()},
         "weighting_ms": {d: round(v, 3) for d, v in weight_ms.items()},
         "weighting_fraction_of_simmim_step": {d: round(v / 1e3 / simmim_s, 4) for d, v in weight_ms.items()},
-        "ratios": [ratio_entry(f"step {cfg.model} kamim-cached/simmim {d} ({device.kind})",
-                               paired_ratio(samples[f"kamim-{d}"], samples["simmim"]), 1.03, False,
-                               note=f"weighting alone {weight_ms[d]:.1f} ms of a {simmim_s * 1e3:.0f} ms step")
-                   for d in cfg.detectors],
+        "device_fast_detect_weights": detect,
+        "ratios": ratios,
     }
     write_result("step", cfg, payload, began)
     return payload
+
+
+def device_detect_ms(cfg: StepBenchConfig, device) -> dict:  # noqa: ANN001
+    """FAST on the device + ring maps + weights for ``detect_batch`` real 192-px crops (median ms)."""
+    loader = build_loader("simmim", source(cfg.source), "fast", cfg.detect_batch, 0)
+    batch = next(iter(loader))
+    ms = weighting_ms(batch, cfg, device, max(3, cfg.weighting_calls // 4), "device")
+    return {"batch": cfg.detect_batch, "ms": round(ms, 2), "ms_per_crop": round(ms / cfg.detect_batch, 3),
+            "threads": torch.get_num_threads()}
 
 
 def config(quick: bool = False) -> StepBenchConfig:
     cfg = StepBenchConfig(quick=quick)
     if quick:
         cfg.batch_size, cfg.steps, cfg.warmup_steps, cfg.repetitions, cfg.weighting_calls = 8, 1, 1, 2, 5
+        cfg.detect_batch = 16
     return cfg
 
 
 @click.command()
 @click.option("--quick", is_flag=True, help="Few repetitions: checks the benchmark works (noisy).")
 def main(quick: bool) -> None:
-    """Train-step time kamim-cached vs simmim (vit_t, CPU), and the weighting cost alone."""
+    """Train-step time kamim-cached and kamim-device (FAST) vs simmim (vit_t, CPU), and the weighting cost alone."""
     run(config(quick))
 
 
