@@ -6,8 +6,7 @@ import click
 
 from kamim.datasets import DATASETS
 
-from .features import POOLS, RESIZES
-from .linprobe import RECIPES, LinprobeConfig, run_linprobe
+from .choices import POOLS, PROBE_RECIPES, RESIZES  # no torch: flags are checked before the heavy imports
 
 
 @click.command("linprobe")
@@ -19,7 +18,7 @@ from .linprobe import RECIPES, LinprobeConfig, run_linprobe
 @click.option("--pool", type=click.Choice(POOLS), default="avg", show_default=True,
               help="avg: mean of patch tokens (CLS dropped); cls: the CLS token.")
 @click.option("--bn", is_flag=True, help="BatchNorm1d(affine=False) before the linear layer.")
-@click.option("--recipe", type=click.Choice(RECIPES), default="fast", show_default=True,
+@click.option("--recipe", type=click.Choice(PROBE_RECIPES), default="fast", show_default=True,
               help="fast: head on cached features; original: the original's augmentations, backbone every step.")
 @click.option("--epochs", type=int, default=None, help="[default: 100 fast, 110 original]")
 @click.option("--warmup-epochs", type=int, default=10, show_default=True)
@@ -49,4 +48,6 @@ def linprobe(**options) -> None:
       kamim linprobe --checkpoint runs/photos-vit_t-kamim --layer 6 --bn
       kamim linprobe --checkpoint runs/x --recipe original --epochs 110 --batch-size 2048
     """
+    from .linprobe import LinprobeConfig, run_linprobe
+
     run_linprobe(LinprobeConfig(**options))

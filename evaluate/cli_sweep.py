@@ -6,8 +6,7 @@ import click
 
 from kamim.errors import UserError
 
-from .features import POOLS
-from .sweep import SweepConfig, run_sweep
+from .choices import POOLS  # no torch: flags are checked before the heavy imports
 
 PRETRAIN_OPTIONS = ("model", "dataset", "data_root", "split", "keypoints", "detect_size", "gray", "steps", "epochs",
                     "batch_size", "accumulation", "lr", "device", "precision", "workers", "seed", "save_every",
@@ -42,7 +41,7 @@ def number_list(text: str, kind: type, flag: str) -> list:
 @click.option("--lr", type=float, default=None, help="Pretrain LR [8e-4]")
 @click.option("--device", default=None, help="auto, cpu, cuda (pretrain and probe) [auto]")
 @click.option("--precision", default=None)
-@click.option("--workers", type=int, default=None, help="Pretrain loader workers [4]")
+@click.option("--workers", type=int, default=None, help="Pretrain loader workers [as pretrain: cores, at most 8]")
 @click.option("--seed", type=int, default=None)
 @click.option("--save-every", type=int, default=None, help="Pretrain checkpoint interval (resume granularity).")
 @click.option("--grid-every", type=int, default=None)
@@ -68,6 +67,8 @@ def sweep(weight_ps: str, temperature: str, detector: str, no_baseline: bool, ou
       kamim sweep --weight-ps 8 --temperature 0.25 --detector fast,sift,orb --steps 200 --dataset photos
     """
     from kamim.train.setup import parse_overrides
+
+    from .sweep import SweepConfig, run_sweep
 
     pretrain = {k: v for k, v in options.items() if k in PRETRAIN_OPTIONS and v is not None}
     if override:

@@ -71,6 +71,20 @@ def validate(config: SweepConfig) -> None:
     extra = sorted(set(config.pretrain) - known) + sorted(set(config.pretrain) & owned)
     if extra:
         raise UserError(f"pretrain options {extra} cannot be set for a sweep (the sweep sets them per point)")
+    validate_points(config)
+
+
+def validate_points(config: SweepConfig) -> None:
+    """Every point's pretrain settings pass pretrain's own checks before any work starts: a bad value
+    anywhere in a list (e.g. --weight-ps 7,8) ends the sweep at once, not after hours of earlier points."""
+    from kamim.train.pretrain import PretrainConfig
+    from kamim.train.pretrain import validate as validate_pretrain
+
+    for point in sweep_points(config):
+        fields = {**config.pretrain, "method": point.method}
+        if point.method == "kamim":
+            fields.update(detector=point.detector, weight_ps=point.weight_ps, temperature=point.temperature)
+        validate_pretrain(PretrainConfig(**fields))
 
 
 def pretrain_config(config: SweepConfig, point: Point, run_dir: Path):

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import functools
 import os
+import shlex
 import shutil
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +46,7 @@ from kamim.config import format_config, save_config
 from kamim.datasets import BadSampleError, open_dataset
 from kamim.errors import UserError
 from kamim.malloc import keep_freed_memory
+from kamim.paths import data_root as resolve_data_root
 from kamim.paths import default_cache_dir
 from kamim.preprocess.detect import (
     DETECTORS,
@@ -123,7 +126,8 @@ def validate(cfg: CacheConfig) -> None:
 def output_dir(cfg: CacheConfig) -> Path:
     if cfg.out:
         return Path(cfg.out)
-    return default_cache_dir(cfg.dataset, cfg.split, cfg.detector, cfg.detect_size, cfg.format, cfg.gray)
+    return default_cache_dir(cfg.dataset, cfg.split, cfg.detector, cfg.detect_size, cfg.format, cfg.gray,
+                             data_root=cfg.data_root)
 
 
 def build_identity(cfg: CacheConfig, dataset) -> dict:
@@ -151,7 +155,17 @@ def build_identity(cfg: CacheConfig, dataset) -> dict:
         "store_size": cfg.store_size,
         "jpeg_quality": JPEG_QUALITY if cfg.format == "wds" else None,
         **({"shard_index": SHARD_INDEX_VERSION} if cfg.format == "wds" else {}),  # shards carry checksums
+        # Where the files were read (absolute): tells "another dataset" from "files changed" later, and
+        # makes printed rebuild commands complete. Not part of what the cache *is* (see same_build).
+        "data_root": os.fspath(resolve_data_root(cfg.data_root).resolve()),
     }
+
+
+def same_build(recorded: dict, identity: dict) -> bool:
+    """Whether a cache (manifest or parts/build.json) is this build: the same files (fingerprint) and
+    options; the data root may differ (partitions on machines that mount the data elsewhere)."""
+    return {k: recorded.get(k) for k in identity if k != "data_root"} == {
+        k: v for k, v in identity.items() if k != "data_root"}
 
 
 def partition_blocks(num_blocks: int, num_partitions: int, partition: int) -> range:
@@ -200,6 +214,9 @@ def process_block(job: dict, index: int) -> tuple[int, int]:
     keep_freed_memory()
     if job.get("parent_pid", os.getpid()) != os.getpid():
         die_with_parent()  # a loky worker: end with `kamim cache`, never outlive it as an orphan
+        # Ctrl-C reaches the whole terminal group: the parent alone reacts (says how to resume, stops the
+        # pool), so workers print no KeyboardInterrupt tracebacks.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     dataset = _open_dataset(job["dataset"], job["split"], job["data_root"])
     start = index * job["block_size"]
     end = min(start + job["block_size"], len(dataset))
@@ -246,7 +263,7 @@ def _prepare(cfg: CacheConfig, out: Path, identity: dict) -> bool:
     """Check ``out`` against this build; returns True if the cache there is already complete."""
     if (out / MANIFEST).is_file():
         manifest = read_manifest(out)
-        if {k: manifest.get(k) for k in identity} == identity:
+        if same_build(manifest, identity):
             shutil.rmtree(out / PARTS, ignore_errors=True)  # a build killed during its final cleanup
             return True
         raise UserError(
@@ -255,7 +272,7 @@ def _prepare(cfg: CacheConfig, out: Path, identity: dict) -> bool:
     parts = out / PARTS
     parts.mkdir(parents=True, exist_ok=True)
     if (parts / BUILD).is_file():
-        if read_json(parts / BUILD) != identity:
+        if not same_build(read_json(parts / BUILD), identity):
             raise UserError(
                 f"{out} holds an unfinished build with other options or dataset files "
                 f"(see {parts / BUILD}); delete {out} or pick another --out"
@@ -301,9 +318,15 @@ def _build(cfg: CacheConfig, dataset, out: Path, identity: dict) -> Path:  # noq
     else:
         run = Parallel(n_jobs=workers, backend="loky", return_as="generator_unordered")
         results = run(delayed(process_block)(job, b) for b in todo)
-    with tqdm(total=total, unit="img", desc=f"cache {cfg.detector}", dynamic_ncols=True) as bar:
-        for _, n in results:
-            bar.update(n)
+    try:
+        with tqdm(total=total, unit="img", desc=f"cache {cfg.detector}", dynamic_ncols=True) as bar:
+            for _, n in results:
+                bar.update(n)
+    except KeyboardInterrupt:  # finished blocks are on disk; the same command skips them
+        kept = len(finished_blocks(out / PARTS) & set(mine))
+        click.echo(f"cache build interrupted: {kept} of {len(mine)} blocks are kept in {out / PARTS}; resume "
+                   f"with: {cache_command(cfg, out)}", err=True)
+        raise SystemExit(130) from None
     seconds = time.perf_counter() - started
     rate = f"{total} images in {seconds:.1f} s ({total / max(seconds, 1e-9):.1f} img/s, {workers} workers)"
     if cfg.num_partitions > 1:
@@ -316,6 +339,21 @@ def _build(cfg: CacheConfig, dataset, out: Path, identity: dict) -> Path:  # noq
         finalize(out)
     click.echo(summary_line(out) + f"; built {rate}")
     return out
+
+
+def cache_command(cfg: CacheConfig, out: Path) -> str:
+    """The ``kamim cache`` command that resumes this build exactly (same output dir, data root and options)."""
+    parts = [f"kamim cache --dataset {cfg.dataset} --split {cfg.split} --detector {cfg.detector} --detect-size "
+             f"{cfg.detect_size} --format {cfg.format} --gray {cfg.gray}"]
+    if cfg.data_root:
+        parts.append(f"--data-root {shlex.quote(os.fspath(cfg.data_root))}")
+    if cfg.store_size:
+        parts.append(f"--store-size {cfg.store_size}")
+    if cfg.block_size != CacheConfig.block_size:
+        parts.append(f"--block-size {cfg.block_size}")
+    if cfg.num_partitions > 1:
+        parts.append(f"--num-partitions {cfg.num_partitions} --partition {cfg.partition}")
+    return " ".join([*parts, f"--out {shlex.quote(os.fspath(out))}"])
 
 
 def summary_line(out: Path) -> str:

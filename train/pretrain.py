@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 
 from kamim.config import config_dict, format_config, save_config
-from kamim.errors import UserError
+from kamim.errors import UserError, UserErrorLines
 from kamim.paths import runs_root
 from kamim.validation import check_numbers, check_out
 
@@ -27,6 +28,7 @@ from .device import Device, resolve_device, to_host
 from .distributed import broadcast_object, main_first, mean_across_ranks
 from .engine import LossSpec, parameters_finite, train_steps
 from .init import INITS
+from .interrupt import EXIT_INTERRUPTED, resume_command, stop_on_signal
 from .models import MODELS, build_model
 from .observe import MetricsLog, save_grid
 from .recipes import apply_recipe, fit_global_batch
@@ -37,6 +39,7 @@ from .setup import (
     open_training_cache,
     parse_overrides,
     resume_mismatches,
+    training_cache_path,
 )
 from .wds_stream import wds_batches_per_epoch, wds_loader
 from .weighting import WEIGHT_PATCH_SIZES
@@ -63,6 +66,7 @@ class PretrainConfig:
     keypoints: str = "cached"  # cached: a keypoint cache; online: OpenCV per crop in the loader; device: FAST only,
     # detected on the batch where the model runs with torch ops, bit-exact to online (preprocess/fast_torch.py)
     cache: str | None = None
+    cache_format: str = "zarr"  # the default cache's format when --cache is not given (zarr or wds)
     detector: str = "fast"
     detect_size: int = 256
     gray: str = "bgr"
@@ -112,6 +116,7 @@ def validate(cfg: PretrainConfig) -> None:
         (cfg.keypoints != "device" or cfg.detector == "fast" or cfg.method == "simmim",
          f"--keypoints device detects FAST only, not {cfg.detector}: use --keypoints online (exact) or cached for "
          f"{cfg.detector}"),
+        (cfg.cache_format in ("zarr", "wds"), f"--cache-format {cfg.cache_format}: use zarr or wds"),
         (cfg.weight_ps in WEIGHT_PATCH_SIZES and IMG_SIZE % cfg.weight_ps == 0,
          f"--weight-ps {cfg.weight_ps}: use 8, 16 or 32 (must divide {IMG_SIZE} and sit inside a 32-px mask patch)"),
         (cfg.temperature > 0, f"--temperature {cfg.temperature}: must be > 0 (inf gives SimMIM's loss)"),
@@ -129,9 +134,10 @@ def validate(cfg: PretrainConfig) -> None:
 
 
 def default_run_dir(cfg: PretrainConfig) -> Path:
-    detector = cfg.detector if cfg.method == "kamim" else "none"
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    return runs_root() / f"{cfg.dataset}-{cfg.model}-{cfg.method}-{detector}-wps{cfg.weight_ps}-T{cfg.temperature:g}-{stamp}"
+    if cfg.method == "simmim":  # no keypoints, no weights: w_ps and T do not apply
+        return runs_root() / f"{cfg.dataset}-{cfg.model}-simmim-{stamp}"
+    return runs_root() / f"{cfg.dataset}-{cfg.model}-kamim-{cfg.detector}-wps{cfg.weight_ps}-T{cfg.temperature:g}-{stamp}"
 
 
 def schedule_lengths(cfg: PretrainConfig, batches_per_epoch: int) -> tuple[int, int, int]:
@@ -184,9 +190,11 @@ def run_pretrain(cfg: PretrainConfig) -> Path:
         if int(checkpoint.get("world", 1)) != device.world:  # the data order and global batch depend on it
             bad["world size (processes)"] = (int(checkpoint.get("world", 1)), device.world)
         if bad:
-            raise UserError(f"--resume: these settings differ from the run in {run_dir}: {bad}")
+            raise UserErrorLines(f"--resume: the checkpoint {path} was trained with other settings; give these "
+                                 f"as the run had them (or leave them out):",
+                                 [f"{k}: the run had {was}, now {now}" for k, (was, now) in bad.items()])
+    cfg = dataclasses.replace(cfg, out=str(run_dir), device=device.kind)  # resolved, as config.json records it
     log = click.echo if device.is_main else (lambda *a, **k: None)
-    log(format_config(cfg), err=True)
 
     from kamim.datasets import open_dataset
 
@@ -195,6 +203,9 @@ def run_pretrain(cfg: PretrainConfig) -> Path:
     dataset = None if streamed else open_dataset(cfg.dataset, cfg.split, cfg.data_root)
     with main_first(device):  # rank 0 builds a missing cache; the others then open it
         cache = open_training_cache(cfg, dataset, log) if mode == "cached" else None
+    if cache is not None:
+        cfg = dataclasses.replace(cfg, cache=str(training_cache_path(cfg)[0]))  # resolved, as config.json records it
+    log(format_config(cfg), err=True)
     fingerprints = data_fingerprints(dataset, cache)
     if checkpoint is not None:  # before anything is written: same data, and a checkpoint worth continuing
         check_resume_data(checkpoint, path, fingerprints)
@@ -229,6 +240,9 @@ def run_pretrain(cfg: PretrainConfig) -> Path:
         scaler.load_state_dict(checkpoint["scaler"])
         restore_rng_states(checkpoint["rng"])
         start = int(checkpoint["step"])
+        if start > total:
+            raise UserError(f"--steps {total}: the run in {run_dir} is already at step {start}; give more steps to "
+                            f"extend it, or leave --steps out")
         log(f"resuming {run_dir} from step {start}", err=True)
     effective = cfg.batch_size * cfg.accumulation * device.world
     log(f"model {cfg.model} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params) on {device.kind} "
@@ -274,10 +288,14 @@ def run_pretrain(cfg: PretrainConfig) -> Path:
             save_checkpoint(run_dir, step, to_host(state), keep=cfg.keep_checkpoints)
 
     metrics = MetricsLog(run_dir, config_dict(cfg), cfg.tensorboard, cfg.wandb, start) if device.is_main else None
-    run_steps(train_model, model, optimizer, scheduler, scaler, iter(loader), device, spec, cfg, start, stop,
-              total, metrics, save, run_dir, batches_per_epoch)
+    interrupted = run_steps(train_model, model, optimizer, scheduler, scaler, iter(loader), device, spec, cfg,
+                            start, stop, total, metrics, save, run_dir, batches_per_epoch)
     if metrics is not None:
         metrics.close()
+    if interrupted is not None:
+        log(f"stopped at step {interrupted} of {total}; checkpoint {run_dir / 'checkpoints'}/step-{interrupted:07d}.pt; "
+            f"resume with: {resume_command(run_dir)}", err=True)
+        raise SystemExit(EXIT_INTERRUPTED)
     if stop == total and device.is_main:
         export_model(model, {**info, "step": total}, run_dir)
         log(f"done: {run_dir / 'model.safetensors'} (+ model.json); checkpoints in {run_dir / 'checkpoints'}", err=True)
@@ -294,12 +312,15 @@ def intact(run_dir: Path, saved: int | None) -> str:
 
 def run_steps(train_model, model, optimizer, scheduler, scaler, batches, device: Device, spec: LossSpec,  # noqa: ANN001
               cfg: PretrainConfig, start: int, stop: int, total: int, metrics: MetricsLog | None, save,
-              run_dir: Path, batches_per_epoch: int) -> None:
+              run_dir: Path, batches_per_epoch: int) -> int | None:
+    """Train from ``start`` to ``stop``; returns the step a SIGINT/SIGTERM stopped at (checkpointed), else None."""
     from tqdm import tqdm
 
     bar = tqdm(total=total, initial=start, desc="pretrain", disable=not device.is_main, dynamic_ncols=True)
     skipped = 0
     saved = start or None  # the newest checkpoint known finite (a resumed one was checked at load)
+    signals = contextlib.ExitStack()
+    stop_request = signals.enter_context(stop_on_signal(announce=device.is_main))
     try:  # close the bar even on an error, so the error starts its own line
         for result in train_steps(train_model, optimizer, scheduler, scaler, batches, device, spec, start, stop,
                                   cfg.accumulation, cfg.clip_grad, cfg.nan_policy == "skip"):
@@ -333,8 +354,17 @@ def run_steps(train_model, model, optimizer, scheduler, scaler, batches, device:
                 save(step)
                 saved = step
             bar.update(1)
+            if stop_request.requested:  # Ctrl-C/SIGTERM: this step is whole; checkpoint it unless just saved
+                if not (step % cfg.save_every == 0 or step == stop):
+                    if not math.isfinite(float(result.loss)):
+                        raise UserError(f"{stop_request.signal} at step {step}, whose loss is not finite: not "
+                                        f"checkpointed; {intact(run_dir, saved)}")
+                    save(step)
+                return step
     finally:
         bar.close()
+        signals.close()
+    return None
 
 
 def config_from_options(options: dict[str, Any], given: set[str] | None = None) -> PretrainConfig:

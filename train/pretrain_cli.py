@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import click
 
-from .device import DEVICES, PRECISIONS
-from .init import INITS
-from .models import MODELS
-from .recipes import PRETRAIN_RECIPES
+from .choices import DEVICES, INITS, MODEL_NAMES, PRECISIONS
+from .recipes import PRETRAIN_RECIPES  # no torch: flags are checked before the heavy imports
 
 
 @click.command("pretrain")
 @click.option("--recipe", default="kamim", show_default=True, type=click.Choice(list(PRETRAIN_RECIPES)),
               help="kamim: the defaults shown here (a small, fast start). original: the original's ViT-B run (vit_b, "
                    "global batch 2048, 110 epochs, bf16, online FAST w_ps 8 T 0.25); flags you give still win.")
-@click.option("--model", default="vit_t", show_default=True, help=f"One of {', '.join(MODELS)}.")
+@click.option("--model", default="vit_t", show_default=True, help=f"One of {', '.join(MODEL_NAMES)}.")
 @click.option("--init", default="hf", show_default=True, type=click.Choice(list(INITS)),
               help="hf: initialise as the original's HuggingFace models; timm: timm's own init.")
 @click.option("--override", multiple=True, metavar="NAME=INT[,INT..]",
@@ -25,6 +23,8 @@ from .recipes import PRETRAIN_RECIPES
                    "original (detect on every augmented crop in the loader); device: FAST only, detected on the batch "
                    "where the model runs (torch ops, bit-exact to online; no cache, no loader cost).")
 @click.option("--cache", default=None, help="Keypoint cache dir (default: where `kamim cache` writes; built if absent).")
+@click.option("--cache-format", default="zarr", show_default=True, type=click.Choice(["zarr", "wds"]),
+              help="Without --cache: read (or build) the default cache of this format, as `kamim cache --format`.")
 @click.option("--detector", default="fast", show_default=True, help="fast, sift or orb (OpenCV defaults).")
 @click.option("--detect-size", default=256, show_default=True, type=int, help="Cache detect size (shorter side).")
 @click.option("--gray", default="bgr", show_default=True,
@@ -93,7 +93,12 @@ def pretrain(ctx: click.Context, **options) -> None:  # noqa: ANN003
     """
     from .pretrain import config_from_options, run_pretrain
 
-    run_pretrain(config_from_options(options, given_options(ctx)))
+    cfg = config_from_options(options, given_options(ctx))
+    if cfg.resume:  # the run's own config.json fills every flag not given again
+        from .setup import resume_config
+
+        cfg = resume_config(cfg, given_options(ctx))
+    run_pretrain(cfg)
 
 
 def given_options(ctx: click.Context) -> set[str]:

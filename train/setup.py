@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from kamim.errors import UserError
+from kamim.config import config_dict
+from kamim.errors import UserError, UserErrorLines
 from kamim.paths import default_cache_dir
 
 from .keypoint_mode import (
@@ -14,11 +17,14 @@ from .keypoint_mode import (
     plain_cache_note,
 )
 
-# Settings that may change between a run and its resume; everything else must match.
+# Settings that may change between a run and its resume; everything else must match. --steps/--epochs
+# extend (or shorten) a run: the restored scheduler keeps the original cosine, so extra steps run at --min-lr.
 RESUMABLE_CHANGES = {"out", "resume", "device", "workers", "log_every", "save_every", "grid_every", "stop_after", "nan_policy",
-                     "keep_checkpoints", "tensorboard", "wandb", "cache", "data_root",
+                     "keep_checkpoints", "tensorboard", "wandb", "cache", "data_root", "steps", "epochs",
                      "compile",
                      "init", "recipe"}  # init: the weights come from the checkpoint; recipe: its values are compared one by one
+# Not carried over from config.json on --resume: they belong to this machine and this invocation.
+RESUME_NOT_CARRIED = {"out", "resume", "device", "workers", "stop_after"}
 INT_LISTS = {"depths", "num_heads"}
 
 
@@ -43,14 +49,66 @@ def resume_mismatches(saved: dict[str, Any], current: dict[str, Any]) -> dict[st
     return {k: (saved.get(k), current.get(k)) for k in sorted(keys) if saved.get(k) != current.get(k)}
 
 
+def option_flag(name: str) -> str:
+    """The command-line flag of a config field (``overrides`` -> ``--override``)."""
+    return "--override" if name == "overrides" else "--" + name.replace("_", "-")
+
+
+def resume_config(cfg: Any, given: set[str]) -> Any:
+    """``cfg`` completed from the run's own ``config.json``, so ``kamim pretrain --out RUN --resume`` alone
+    continues a run. Flags given again (``given``: config field names) must agree with the run unless they
+    are in RESUMABLE_CHANGES; every conflict is listed, one per line, with the flag to drop."""
+    if cfg.out is None:
+        raise UserError("--resume needs --out RUN_DIR (the run to continue)")
+    path = Path(cfg.out) / "config.json"
+    try:
+        saved = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"--resume: {path} not found; is {cfg.out} a kamim pretrain run dir?") from None
+    except (OSError, ValueError) as error:
+        raise UserError(f"--resume: {path} is unreadable ({error}); restore it or start a new --out") from None
+    now = config_dict(cfg)
+    conflicts = [f"{option_flag(k)} {_shown(now[k])}: the run used {_shown(saved[k])}; drop {option_flag(k)}"
+                 for k in sorted(given) if k in saved and k not in RESUMABLE_CHANGES and saved[k] != now[k]]
+    if conflicts:
+        raise UserErrorLines(f"--resume: {len(conflicts)} flag(s) differ from the run in {cfg.out} (its config.json); "
+                             f"drop them to continue the run as it was:", conflicts)
+    carried = {k: _decoded(v) for k, v in saved.items()
+               if k in now and k not in given and k not in RESUME_NOT_CARRIED}
+    if "epochs" in given and "steps" not in given:
+        carried["steps"] = None  # --epochs given now decides the length
+    return dataclasses.replace(cfg, **carried)
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, dict):
+        return " ".join(f"{k}={','.join(map(str, v)) if isinstance(v, list) else v}" for k, v in value.items()) or "(none)"
+    return str(value)
+
+
+def _decoded(value: Any) -> Any:
+    return float(value) if value in ("inf", "-inf") else value  # config_dict writes infinite floats as "inf"
+
+
 def is_wds_cache(cfg: Any) -> bool:
     """``--cache`` names a complete webdataset cache: its shards carry the images, so training from it
     needs neither the dataset's files nor its fingerprint check (the manifest names the dataset)."""
-    if not cfg.cache or not (Path(cfg.cache) / "manifest.json").is_file():
-        return False
+    path, named = training_cache_path(cfg)
+    if not (path / "manifest.json").is_file():
+        return not named and path.suffix == ".wds"  # the default wds cache, built before training
     from kamim.cache.manifest import read_manifest
 
-    return read_manifest(cfg.cache)["format"] == "wds"
+    return read_manifest(path)["format"] == "wds"
+
+
+def training_cache_path(cfg: Any) -> tuple[Path, bool]:
+    """(the cache pretraining reads, whether ``--cache`` named it). The default is where ``kamim cache``
+    writes for the same --dataset/--split/--data-root/--detector/--detect-size/--gray and --cache-format."""
+    if cfg.cache:
+        return Path(cfg.cache), True
+    fmt = getattr(cfg, "cache_format", "zarr")
+    return default_cache_dir(cfg.dataset, cfg.split, cfg.detector, cfg.detect_size, fmt, cfg.gray,
+                             data_root=cfg.data_root), False
 
 
 def open_training_cache(cfg: Any, dataset: Any, log: Callable[..., None]) -> Any:
@@ -58,18 +116,19 @@ def open_training_cache(cfg: Any, dataset: Any, log: Callable[..., None]) -> Any
     against the dataset's fingerprint and the requested detector."""
     from kamim.cache import open_cache
 
-    path = Path(cfg.cache) if cfg.cache else default_cache_dir(cfg.dataset, cfg.split, cfg.detector,
-                                                               cfg.detect_size, "zarr", cfg.gray)
-    if cfg.cache and not path.exists():
+    path, named = training_cache_path(cfg)
+    if named and not path.exists():
         raise UserError(f"--cache {path} does not exist; build it with `kamim cache` or leave --cache out")
-    if not cfg.cache and not (path / "manifest.json").exists():
+    if not named and not (path / "manifest.json").exists():
+        fmt = path.suffix.lstrip(".")
         log(f"no keypoint cache at {path}: building it first (kamim cache --dataset {cfg.dataset} "
-            f"--split {cfg.split} --detector {cfg.detector} --detect-size {cfg.detect_size})", err=True)
+            f"--split {cfg.split} --detector {cfg.detector} --detect-size {cfg.detect_size} --format {fmt})",
+            err=True)
         from kamim.preprocess.build import CacheConfig, build_cache
 
         path = build_cache(CacheConfig(dataset=cfg.dataset, split=cfg.split, data_root=cfg.data_root,
                                        detector=cfg.detector, detect_size=cfg.detect_size, gray=cfg.gray,
-                                       out=str(path)))
+                                       format=fmt, out=str(path)))
     cache = open_cache(path)
     manifest = cache.manifest
     if (note := plain_cache_note(manifest, path)) is not None:
@@ -81,7 +140,9 @@ def open_training_cache(cfg: Any, dataset: Any, log: Callable[..., None]) -> Any
             raise UserError(f"--cache {path} was built with {key} {manifest[key]} but --{flag} is {wanted}; "
                             f"pass --{flag} {manifest[key]} or another cache")
     if dataset is not None:
-        cache.check_dataset(dataset)
+        from kamim.cache.manifest import check_dataset
+
+        check_dataset(manifest, path, dataset, cfg.data_root)  # the fix it prints names --data-root too
     elif (manifest["dataset"]["name"], manifest["dataset"]["split"]) != (cfg.dataset, cfg.split):
         raise UserError(f"--cache {path} holds {manifest['dataset']['name']} {manifest['dataset']['split']}, not "
                         f"--dataset {cfg.dataset} --split {cfg.split}; pass those or another cache")
