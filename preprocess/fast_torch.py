@@ -65,10 +65,11 @@ def gray_torch(images: torch.Tensor, gray: str = "bgr") -> torch.Tensor:
     shift, *weights = gray_coefficients()
     if gray == "rgb":
         weights = weights[::-1]
-    channels = images.to(torch.int32)
-    total = channels[:, 0] * weights[0] + channels[:, 1] * weights[1] + channels[:, 2] * weights[2]
-    # floor division, not >>: identical for these non-negative sums, and torch_xla shifts as expected
-    return (total + (1 << (shift - 1))).div(1 << shift, rounding_mode="floor").to(torch.uint8)
+    channels = images.to(torch.int32)  # the only new int32 buffer: the rest works in place in channel 0
+    total = channels[:, 0].mul_(weights[0]).add_(channels[:, 1], alpha=weights[1])
+    total = total.add_(channels[:, 2], alpha=weights[2]).add_(1 << (shift - 1))
+    # >> on a non-negative sum is floor division everywhere (torch_xla differs only for negatives)
+    return (total >> shift).to(torch.uint8)
 
 
 def _best_arcs(circle: list[torch.Tensor], darker: bool) -> torch.Tensor:
@@ -164,9 +165,15 @@ def _keypoints(images: torch.Tensor, threshold: int, gray: str, nonmax: bool) ->
     if min(height, width) < 2 * BORDER + 1:  # no pixel is 3 px from every edge
         return out
     best = _best_differences(images)
-    corners = best > _clamp_threshold(threshold)
-    if nonmax:  # on the score (best - 1 at corners, 0 elsewhere)
-        corners = _strict_local_maxima(torch.where(corners, best - 1, torch.zeros_like(best)))
+    threshold = _clamp_threshold(threshold)
+    if nonmax:
+        # OpenCV keeps a corner whose score (best - 1; 0 off corners) beats all 8 neighbours. best - t
+        # at corners and 0 elsewhere (t at least 1) gives the same comparisons, in two uint8 ops and
+        # no bool masks (slow on a CPU): corners keep their order, and beating a 0 means best > t >= 1.
+        floor = max(threshold, 1)
+        corners = _strict_local_maxima(best - torch.minimum(best, torch.full_like(best, floor)))
+    else:
+        corners = best > threshold
     out[:, BORDER:height - BORDER, BORDER:width - BORDER] = corners
     return out
 
