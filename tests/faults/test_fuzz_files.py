@@ -106,8 +106,13 @@ def equal(a, b) -> bool:  # noqa: ANN001
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
     root = tmp_path_factory.mktemp("fuzz")
-    os.environ.setdefault("KAMIM_DERIVED_DIR", str(root / "derived"))  # the zarr reader's flat files
-    return root, make_folder(root / "data", per_class=4, size=96)
+    before = os.environ.get("KAMIM_DERIVED_DIR")
+    os.environ["KAMIM_DERIVED_DIR"] = str(root / "derived")  # the zarr reader's flat files, not beside copies
+    yield root, make_folder(root / "data", per_class=4, size=96)
+    if before is None:  # leave the environment as the other test modules expect it
+        os.environ.pop("KAMIM_DERIVED_DIR", None)
+    else:
+        os.environ["KAMIM_DERIVED_DIR"] = before
 
 
 @pytest.fixture(scope="module")
