@@ -238,3 +238,18 @@ def test_dense_ring_raster_equals_opencv_drawing_at_the_borders():
 def test_cuda_equals_cpu(sources):
     crops = torch.from_numpy(photo_crops(sources, 32, seed=9)).permute(0, 3, 1, 2).contiguous()
     assert torch.equal(fast_ring_maps_torch(crops.cuda()).cpu(), fast_ring_maps_torch(crops))
+
+
+@pytest.mark.xla
+def test_xla_equals_cpu(sources):
+    """`make test-xla` runs this on PJRT's CPU client (static shapes: one graph for the batch)."""
+    pytest.importorskip("torch_xla", reason="needs torch_xla (make test-xla builds .venv-xla)")
+    import os
+
+    from kamim.train.device import resolve_device
+
+    os.environ.setdefault("PJRT_DEVICE", "CPU")
+    xla = resolve_device("xla", "fp32")
+    crops = torch.from_numpy(photo_crops(sources, 8, seed=10)).permute(0, 3, 1, 2).contiguous()
+    on_cpu = fast_ring_maps_torch(crops)
+    assert on_cpu.sum() > 1000 and torch.equal(fast_ring_maps_torch(crops.to(xla.device)).cpu(), on_cpu)
