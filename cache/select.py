@@ -7,7 +7,9 @@ crop drops the points its own detector would not report (measured in bench/fidel
 - SIFT: the attribute is the keypoint size (log-coded). A crop scales sizes by ``s`` (crop pixels per
   detect-size pixel); SIFT on the 192 crop finds no blob smaller than ~1.8 px (sigma 1.6 at the first,
   upsampled octave, minus half a layer of interpolation), so smaller ones go. The octave a point would
-  fall in at the crop's scale fixes OpenCV's 5-pixel border of that octave (5 * 2**octave crop pixels).
+  fall in at the crop's scale fixes OpenCV's 5-pixel border of that octave (4.5 * 2**octave crop pixels
+  from the low edge, 5.5 * 2**octave from the high one). At the identity (the crop is the detect-size
+  image) this keeps exactly the points SIFT reports.
 - ORB: the attribute is the pyramid level (4 bits) and the rank of the Harris response in the image
   (12 bits). Cache level k is crop level k + round(log(s) / log(1.2)); each crop level keeps the points
   outside its 31-pixel border (``edgeThreshold`` in that level's pixels) and then its own quota of the
@@ -24,9 +26,13 @@ import numpy as np
 
 ATTR_DTYPE = np.uint16
 SIFT_LOG_STEPS = 1024  # size code = (log2(size) + 8) * 1024: 0.07 % steps, sizes 2**-8 .. 2**56 px
-SIFT_MIN_SIZE = 1.8  # smallest SIFT size on a crop, in crop pixels (OpenCV defaults; measured 1.81)
 SIFT_SIGMA = 1.6
-SIFT_BORDER = 5  # SIFT_IMG_BORDER, in pixels of the keypoint's octave
+# Smallest SIFT size on a crop, in crop pixels: sigma * 2**(0.5 / 3) (first layer, offset -0.5), less
+# float slack.
+SIFT_MIN_SIZE = 1.79
+# OpenCV keeps an extremum at integer column c in [5, cols - 6] of its octave (SIFT_IMG_BORDER) and moves
+# it by less than half a pixel, so in crop pixels x lies in [4.5 * 2**o, size - 5.5 * 2**o].
+SIFT_BORDER_LOW, SIFT_BORDER_HIGH = 4.5, 5.5
 ORB_RANK_BITS = 12
 ORB_MAX_RANK = (1 << ORB_RANK_BITS) - 1
 ORB_FEATURES, ORB_SCALE, ORB_LEVELS, ORB_EDGE = 500, 1.2, 8, 31  # the crop's ORB: OpenCV defaults
@@ -69,8 +75,6 @@ def orb_quota(nfeatures: int = ORB_FEATURES, scale: float = ORB_SCALE, levels: i
     return [*quota, max(nfeatures - sum(quota), 0)]
 
 
-def _inside(xy: np.ndarray, margin: np.ndarray, size: int) -> np.ndarray:
-    return ((xy >= margin[:, None]) & (xy <= size - 1 - margin[:, None])).all(axis=1)
 
 
 def select_in_crop(detector: str, xy: np.ndarray, attrs: np.ndarray, scale: float, size: int = 192) -> np.ndarray:
@@ -80,7 +84,9 @@ def select_in_crop(detector: str, xy: np.ndarray, attrs: np.ndarray, scale: floa
     if detector == "sift":
         crop_size = np.exp2(attrs / SIFT_LOG_STEPS - 8) * scale
         octave = np.floor(np.log2(crop_size / SIFT_SIGMA) - 1 / 6) - 1  # layer + offset spans (1/6, 7/6)
-        return (crop_size >= SIFT_MIN_SIZE) & _inside(xy, SIFT_BORDER * np.exp2(octave), size)
+        pixel = np.exp2(octave)[:, None]  # the octave's pixel, in crop pixels
+        inside = ((xy >= SIFT_BORDER_LOW * pixel) & (xy <= size - SIFT_BORDER_HIGH * pixel)).all(axis=1)
+        return (crop_size >= SIFT_MIN_SIZE) & inside
     if detector != "orb":
         raise ValueError(f"no crop-time selection for detector {detector!r}")
     level = (attrs >> ORB_RANK_BITS) + round(math.log(scale) / math.log(ORB_SCALE))

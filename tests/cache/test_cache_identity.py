@@ -1,6 +1,8 @@
 """The identity case is exact: a cache built at detect size 192 on 192x192 images, read back and moved
-through the identity crop, rasters to OpenCV's own ring map of the online detection, pixel for pixel,
-for every detector (positions kept at 1/16 px, the resolution OpenCV draws with)."""
+through the identity crop by the loader's path, rasters to OpenCV's own ring map of the online
+detection, pixel for pixel, for every detector (positions kept at 1/16 px, the resolution OpenCV draws
+with). SIFT's selection cache is exact too (its crop-time rule keeps exactly what SIFT reports at the
+identity); ORB's selection cache re-ranks 3000 candidates, so the exact ORB case is the plain cache."""
 
 from pathlib import Path
 
@@ -16,7 +18,8 @@ from kamim.datasets import open_dataset
 from kamim.errors import UserError
 from kamim.preprocess.build import CacheConfig, build_cache
 from kamim.preprocess.raster import ring_maps_torch
-from kamim.train.augment import CropParams, crop_image, crop_points
+from kamim.train.augment import CropParams, crop_image
+from kamim.train.crop_select import cached_crop_points
 from kamim.train.data import online_ring_map
 from kamim.train.weighting import patch_density
 
@@ -36,11 +39,12 @@ def square_photos(tmp_path_factory) -> Path:
     return root
 
 
-@pytest.mark.parametrize("detector", ["fast", "sift", "orb"])
-def test_identity_crop_of_a_cache_at_the_crop_size_is_exact(square_photos, tmp_path, detector):
+@pytest.mark.parametrize(("detector", "select"), [("fast", None), ("sift", None), ("sift", False), ("orb", False)])
+def test_identity_crop_of_a_cache_at_the_crop_size_is_exact(square_photos, tmp_path, detector, select):
     out = build_cache(CacheConfig(dataset="folder", data_root=str(square_photos), detector=detector,
-                                  detect_size=SIZE, workers=1, out=str(tmp_path / detector)))
+                                  detect_size=SIZE, workers=1, select=select, out=str(tmp_path / detector)))
     reader = open_cache(out)
+    assert bool(reader.manifest.get("point_attrs")) == (detector == "sift" and select is None)
     assert reader.manifest["subpixel_steps"] == SUBPIXEL_STEPS[detector]
     dataset = open_dataset("folder", "train", str(square_photos))
     identity = CropParams(0, 0, SIZE, SIZE, False, False)
@@ -50,7 +54,7 @@ def test_identity_crop_of_a_cache_at_the_crop_size_is_exact(square_photos, tmp_p
         crop = crop_image(image, identity, SIZE)
         assert torch.equal(crop, torch.from_numpy(image).permute(2, 0, 1))  # the crop is the image
         online = torch.from_numpy(online_ring_map(crop, detector)).float()
-        points = torch.from_numpy(crop_points(reader.points(i), identity, SIZE))
+        points = torch.from_numpy(cached_crop_points(reader, i, identity, SIZE))  # the loader's path
         cached = ring_maps_torch(points[None], torch.tensor([len(points)]), SIZE)[0]
         assert online.sum() > 500  # real photos: many rings, a comparison that can fail
         differing += int((online != cached).sum())
