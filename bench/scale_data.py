@@ -31,9 +31,9 @@ def scale_root() -> Path:
 def encode_block(q: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """int64 [M,2] quantised (qx, qy) of consecutive images -> uint16 delta codes, image by image as
     kamim.cache.points.encode_points (sorted by y then x; first code of a row absolute)."""
-    owner = np.repeat(np.arange(len(counts)), counts)
-    order = np.lexsort((q[:, 0], q[:, 1], owner))
-    q = q[order]
+    owner = np.repeat(np.arange(len(counts), dtype=np.int64), counts)
+    key = np.sort((owner << 32) | (q[:, 1] << 16) | q[:, 0])  # one int64 sort: by image, then y, then x
+    q = np.stack([key & 0xFFFF, (key >> 16) & 0xFFFF], axis=1)
     first = np.zeros(len(q), bool)
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
     first[starts[counts > 0]] = True

@@ -124,8 +124,11 @@ class FlatPoints:
         text = head[len(MAGIC) + 8 : len(MAGIC) + 8 + length]
         if length > HEADER_BYTES or google_crc32c.value(text) != crc:
             raise StaleFlat(f"{path}: header checksum mismatch")
-        header = json.loads(text)
-        if header.get("version") != FLAT_VERSION or header.get("key") != key:
+        try:
+            header = json.loads(text)
+        except ValueError:
+            raise StaleFlat(f"{path}: unreadable header") from None
+        if not isinstance(header, dict) or header.get("version") != FLAT_VERSION or header.get("key") != key:
             raise StaleFlat(f"{path}: built from another store or version")
         self.header = header
         self.sections, total = _layout(header["images"], header["rows"])
