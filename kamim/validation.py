@@ -74,7 +74,7 @@ SHARED: dict[str, Rule] = {
     "epochs": Rule(int, 1, 10**5), "probe_epochs": Rule(int, 1, 10**5), "warmup_epochs": Rule(int, 0, 10**5),
     "batch_size": Rule(int, 1, 10**6), "probe_batch_size": Rule(int, 1, 10**6),
     "eval_batch_size": Rule(int, 1, 10**6), "feature_batch_size": Rule(int, 1, 10**6),
-    "accumulation": Rule(int, 1, 4096),
+    "accumulation": Rule(int, 1, 4096), "global_batch": Rule(int, 1, 10**7),
     "workers": Rule(int, 0, "workers"), "probe_workers": Rule(int, 0, "workers"),
     "seed": Rule(int, 0, 2**32 - 1), "log_every": _count, "save_every": _count,
     "grid_every": Rule(int, 0, BIG, note="0 = off"), "keep_checkpoints": Rule(int, 0, BIG, note="0 = keep all"),
