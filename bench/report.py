@@ -140,16 +140,29 @@ def chart(records: dict[str, dict], path: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+def distinct(value: float, target: float) -> str:
+    """``value`` with enough digits to differ from ``target`` when it does (1.031 vs 1.03, not "1.03"), so
+    a label never reads as the target while its bar says otherwise. Met/not met is decided unrounded."""
+    for digits in range(3, 8):
+        text = f"{value:.{digits}g}"
+        if value == target or float(text) != float(f"{target:.{digits}g}"):
+            return text
+    return f"{value:.8g}"
+
+
     rows = [r for rec in records.values() for r in rec.get("ratios", []) if r["target"] is not None]
     if not rows:
         return None
-    margins = [r["value"] / r["target"] if r["op"] == ">=" else r["target"] / r["value"] for r in rows]
+    margins = [r["value"] / r["target"] if r["op"] == ">=" else r["target"] / max(r["value"], 1e-9) for r in rows]
+    margins = [min(m, 10.0) for m in margins]  # a value of 0 against a '<=' target: draw it at 10x, not infinity
     fig, ax = plt.subplots(figsize=(9, 0.32 * len(rows) + 1.3))
     y = list(range(len(rows)))
     ax.barh(y, margins, color=["#3a3" if r["met"] else "#c33" for r in rows])
     ax.axvline(1.0, color="k", linewidth=1)
     for yi, margin, r in zip(y, margins, rows, strict=True):
-        ax.text(margin, yi, f" {r['value']:.3g} ({r['op']} {r['target']:g})", va="center", fontsize=7)
+        verdict = "met" if r["met"] else "not met"
+        ax.text(margin, yi, f" {distinct(r['value'], r['target'])} ({r['op']} {r['target']:g}: {verdict})",
+                va="center", fontsize=7)
     ax.set_yticks(y, [r["name"] for r in rows], fontsize=7)
     ax.invert_yaxis()
     ax.set_xlim(0, max(max(margins) * 1.35, 1.3))

@@ -148,7 +148,7 @@ def check_dataset(manifest: dict, cache_dir: Path, dataset: Any, data_root: str 
         fix = f"rebuild it: `rm -r {shlex.quote(os.fspath(target))} && {command}`"
     else:
         fix = f"build its own cache: `{command}` (then leave --cache out, or pass --cache {shlex.quote(os.fspath(target))})"
-    then = f"{expected['name']}/{expected['split']}" + (f" at {root_then}" if root_then else "")
+    then = f"{expected['name']}/{expected['split']}" + (f" under data root {root_then}" if root_then else "")
     now = f"{dataset.name}/{dataset.split} at {dataset.location} ({len(dataset)} images, fingerprint {actual})"
     if other:
         raise UserError(f"cache {cache_dir} holds a different dataset: {then} ({expected['count']} images, "

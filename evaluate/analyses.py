@@ -73,9 +73,11 @@ def reconstruction(models: list[LabelledModel], images: ImageSet, batch_size: in
         masked = shown * (1 - pixel_mask[i, :, :, None].numpy()) + 0.5 * pixel_mask[i, :, :, None].numpy()
         rows.append([shown, masked] + [plots.to_display(composites[lm.label][i]) for lm in models])
     titles = ["input", f"masked ({mask_ratio:.0%})"] + [
-        f"{label}\nPSNR {r['psnr']:.2f} SSIM {r['ssim']:.3f}" for label, r in results.items()]
-    fig = plots.image_grid(rows, titles, suptitle="reconstruction of the masked cells (visible pixels from the "
-                           "input); PSNR/SSIM on full normalised images")
+        f"{label}\nPSNR {r['psnr']:.2f} SSIM {r['ssim']:.3f}\n(mean over {len(targets)} images)"
+        for label, r in results.items()]
+    fig = plots.image_grid(rows, titles, suptitle=f"reconstruction of the masked cells (visible pixels from the "
+                           f"input)\n{len(rows)} of {len(targets)} images shown; PSNR/SSIM: mean over all "
+                           f"{len(targets)}, on full normalised images")
     return results, fig
 
 
@@ -134,7 +136,10 @@ def attention_per_depth(models: list[LabelledModel], images: ImageSet, batch_siz
             count += n
         results[lm.label] = total / count  # [blocks, heads]
     ylabel = "mean attention distance (px)" if metric == "distance" else "NMI of attention"
-    fig = plots.per_depth_figure(results, ylabel, f"attention {metric} per depth (dots: heads, line: mean)")
+    # Axes from 0 (distance) and 0-1 (NMI), so the gap between checkpoints is drawn to scale.
+    ylim = (0.0, None) if metric == "distance" else (0.0, 1.0)
+    fig = plots.per_depth_figure(results, ylabel, f"attention {metric} per depth, mean over {count} images "
+                                 f"(dots: heads, line: mean)", ylim=ylim)
     return {k: {"per_head": v.tolist(), "mean": v.mean(axis=1).tolist()} for k, v in results.items()}, fig
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,7 +91,7 @@ def run_analysis(config: AnalyzeConfig) -> Path:
     from .plots import save_figure, save_json
 
     config.out = config.out or str(runs_root() / "analysis")
-    print(format_config(config))
+    print(format_config(config), file=sys.stderr, flush=True)  # configs and progress: stderr; results: stdout
     started = time.perf_counter()
     models = load_models(list(config.checkpoints), list(config.labels), pick_device(config.device))
     if len({m.img_size for m in models}) > 1:

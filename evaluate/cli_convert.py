@@ -40,7 +40,7 @@ def convert(checkpoint: str, model: str, out: str, num_heads: int | None) -> Non
     from .convert import convert_checkpoint
 
     config = ConvertConfig(checkpoint=checkpoint, out=out, model=model, num_heads=num_heads)
-    click.echo(format_config(config))
+    click.echo(format_config(config), err=True)  # configs and progress: stderr; results: stdout
     path = convert_checkpoint(config.checkpoint, config.out, config.model, config.num_heads)
     save_config(config, Path(out).with_name(Path(out).stem + ".convert_config.json"))
     click.echo(f"convert: wrote {path} and {path.with_suffix('.json')}")

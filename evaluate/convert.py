@@ -21,6 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from kamim.errors import UserError
+from kamim.paths import usual_mode
 from kamim.validation import check_out, check_value
 
 # (HF key pattern, our key). A key is a format string over the match groups, a callable of them, "QKV:<prefix>"
@@ -202,6 +203,7 @@ def write_export(model: torch.nn.Module, info: dict[str, Any], out: str | os.Pat
     tmp, info_tmp = out.with_name(f".{out.name}.tmp{os.getpid()}"), out.with_name(f".{out.stem}.json.tmp{os.getpid()}")
     save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp),
               metadata={"format": "pt"})
+    usual_mode(tmp)  # safetensors writes 0600; every other output is 0644
     info_tmp.write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
     os.replace(info_tmp, out.with_suffix(".json"))
     os.replace(tmp, out)

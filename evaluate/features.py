@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from kamim.datasets import read_or_next
 from kamim.errors import UserError
+from kamim.paths import usual_mode
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -153,6 +154,7 @@ def save_features(path: Path, tensors: dict[str, torch.Tensor], metadata: dict) 
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp),
               metadata={k: str(v) for k, v in metadata.items()})
+    usual_mode(tmp)  # safetensors writes 0600; every other output is 0644
     os.replace(tmp, path)
 
 

@@ -11,6 +11,7 @@ norms, clipping at 1.0, antialiased resizing; ``--recipe original`` runs the ori
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 from pathlib import Path
 
@@ -136,7 +137,7 @@ def run_finetune(config: FinetuneConfig) -> dict:
     resumed = resume_state(out_dir, config)  # before anything is written: same settings, finite weights
     device = resolve_device(config.device, config.precision)  # joins the process group under torchrun
     if device.is_main:  # under torchrun every rank trains, only rank 0 prints and writes
-        print(format_config(config), flush=True)
+        print(format_config(config), file=sys.stderr, flush=True)  # configs: stderr; results: stdout
         save_config(config, out_dir / "finetune_config.json")
     seed_everything(config.seed)  # MixUp/CutMix draw from numpy: seeded too, so a run repeats (and resumes) exactly
     img_size, num_classes = int(info.get("img_size", 192)), len(train_ds.classes)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from tqdm import tqdm
 from kamim.config import format_config, save_config
 from kamim.datasets import open_dataset
 from kamim.errors import UserError
+from kamim.paths import usual_mode
 from kamim.validation import check_numbers, check_out
 
 from .features import (
@@ -240,7 +242,7 @@ def run_linprobe(config: LinprobeConfig) -> dict:
         raise UserError(f"{config.dataset}: train and val have different classes; fix the val folder")
     out_dir = Path(config.out) if config.out else default_out_dir(checkpoint, "linprobe")
     config = dataclasses.replace(config, out=str(out_dir))
-    print(format_config(config), flush=True)
+    print(format_config(config), file=sys.stderr, flush=True)  # configs and progress: stderr; results: stdout
     save_config(config, out_dir / "linprobe_config.json")
     torch.manual_seed(config.seed)
     device = pick_device(config.device)
@@ -262,7 +264,8 @@ def run_linprobe(config: LinprobeConfig) -> dict:
         metrics = train_original_recipe(probe, train_ds, val_ds, config, img_size, num_classes, device)
     timing["total_s"] = time.perf_counter() - start
     result = {
-        "top1": metrics["top1"], "top5": metrics["top5"], "best_top1": metrics["best_top1"],
+        # top-5 of 5 or fewer classes is 100% by construction: not reported
+        "top1": metrics["top1"], "top5": metrics["top5"] if num_classes > 5 else None, "best_top1": metrics["best_top1"],
         "val_loss": metrics["loss"], "train_loss": metrics["train_loss"], "val_count": metrics["count"],
         "train_count": len(train_ds), "num_classes": num_classes, "recipe": config.recipe,
         "layer": config.layer, "pool": config.pool, "bn": config.bn, "epochs": config.epochs,
@@ -271,8 +274,10 @@ def run_linprobe(config: LinprobeConfig) -> dict:
     }
     save_file({k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()},
               str(out_dir / "head.safetensors"))
+    usual_mode(out_dir / "head.safetensors")  # safetensors writes 0600; every other output is 0644
     write_json(out_dir / "linprobe.json", result)
-    print(f"linprobe: top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  (best top-1 "
+    top5 = f"{result['top5']:.2f}%" if result["top5"] is not None else f"n/a ({num_classes} classes)"
+    print(f"linprobe: top-1 {result['top1']:.2f}%  top-5 {top5}  (best top-1 "
           f"{result['best_top1']:.2f}%, {config.recipe} recipe, layer {config.layer}, {config.pool} pool, "
           f"{timing['total_s']:.1f} s) -> {out_dir / 'linprobe.json'}", flush=True)
     return result

@@ -55,11 +55,14 @@ def save_json(data: Any, path: str | os.PathLike) -> Path:
 
 
 def per_depth_figure(
-    results: dict[str, np.ndarray], ylabel: str, title: str, first_depth: int = 1
+    results: dict[str, np.ndarray], ylabel: str, title: str, first_depth: int = 1,
+    ylim: tuple[float, float | None] | None = None,
 ) -> plt.Figure:
     """One line per checkpoint of the head-mean against depth, with each head as a faint dot.
 
-    ``results``: label -> ``[depths]`` or ``[depths, heads]``.
+    ``results``: label -> ``[depths]`` or ``[depths, heads]``. ``ylim`` = (bottom, top or None for 5%
+    above the largest value) fixes the axis where the size of a difference matters (autoscaling would
+    stretch a 1% gap across the whole plot).
     """
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for index, (label, values) in enumerate(results.items()):
@@ -73,6 +76,9 @@ def per_depth_figure(
     ax.set_xlabel("depth (block)" if first_depth == 1 else "depth (0 = embeddings)")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
+    if ylim is not None:
+        top = ylim[1] if ylim[1] is not None else 1.05 * max(float(np.max(v)) for v in results.values())
+        ax.set_ylim(ylim[0], top)
     ax.set_xticks(depths)
     ax.grid(alpha=0.3)
     ax.legend()

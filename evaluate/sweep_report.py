@@ -37,7 +37,7 @@ def collect_rows(out: Path, points: list, probe_file: Path) -> list[dict[str, An
         metrics = last_metrics(run_dir)
         rows.append({"point": point.name, "method": point.method, "detector": point.detector or "",
                      "weight_ps": point.weight_ps or "", "temperature": "" if point.temperature is None
-                     else point.temperature, "top1": round(probe["top1"], 3), "top5": round(probe["top5"], 3),
+                     else point.temperature, "top1": round(probe["top1"], 3), "top5": None if probe.get("top5") is None else round(probe["top5"], 3),
                      "best_top1": round(probe["best_top1"], 3),
                      "pretrain_loss": round(metrics["loss"], 5) if "loss" in metrics else "",
                      "pretrain_steps": metrics.get("step", ""), "run_dir": str(run_dir)})

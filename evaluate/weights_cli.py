@@ -77,8 +77,11 @@ def keypoint_weights(image: np.ndarray, cfg: WeightsConfig) -> dict[str, np.ndar
         ring = ring_maps_torch(tensor, torch.tensor([len(points)]), IMG_SIZE)[0].numpy()
     density = patch_density(torch.from_numpy(ring)[None], cfg.weight_ps)
     weights = patch_weights(density, cfg.temperature)
-    return {"view": view, "points": np.asarray(points, np.float32), "ring": ring,
+    return {"view": view, "points": np.asarray(points, np.float32), "ring": ring, "crop_size": (crop_w, crop_h),
             "density": density[0].numpy().astype(np.float32), "weights": weights[0].numpy().astype(np.float32)}
+
+
+DOTS_ABOVE = 600  # keypoints; above this the rings overlap into a blob at 192 px
 
 
 def plot_weights(result: dict[str, np.ndarray], cfg: WeightsConfig, path: Path) -> None:
@@ -87,14 +90,23 @@ def plot_weights(result: dict[str, np.ndarray], cfg: WeightsConfig, path: Path) 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(12, 4.2))
+    fig, axes = plt.subplots(1, 3, figsize=(12, 4.4))
     axes[0].imshow(result["view"])
-    axes[0].set_title(f"{cfg.keypoints} crop ({IMG_SIZE}x{IMG_SIZE})")
+    width, height = result["crop_size"]
+    squash = "" if width == height else f"\n(aspect {width / height:.2f} squashed to 1, as training sees it)"
+    axes[0].set_title(f"{cfg.keypoints}: {width}x{height} crop resized to {IMG_SIZE}x{IMG_SIZE}{squash}", fontsize=9)
     axes[1].imshow(result["view"])
-    axes[1].imshow(np.ma.masked_equal(result["ring"], 0), cmap="autumn", alpha=0.7, vmin=0, vmax=1)
-    axes[1].set_title(f"{len(result['points'])} {cfg.detector.upper()} keypoints (rings)")
+    points = result["points"]
+    if len(points) > DOTS_ABOVE:  # 3-px rings of this many points merge into one blob: dots stay readable
+        axes[1].scatter(points[:, 0], points[:, 1], s=1.5, c="yellow", linewidths=0)
+        how = "dots; the weights use its rings"
+    else:
+        axes[1].imshow(np.ma.masked_equal(result["ring"], 0), cmap="autumn", alpha=0.7, vmin=0, vmax=1)
+        how = "rings, as the weights use them"
+    axes[1].set_title(f"{len(points)} {cfg.detector.upper()} keypoints ({how})", fontsize=9)
     shown = axes[2].imshow(result["weights"], cmap="magma", vmin=1.0, extent=(-0.5, IMG_SIZE - 0.5, IMG_SIZE - 0.5, -0.5))
-    axes[2].set_title(f"weights, w_ps {cfg.weight_ps}, T {cfg.temperature:g} (max {result['weights'].max():.2f})")
+    axes[2].set_title(f"weights, w_ps {cfg.weight_ps}, T {cfg.temperature:g} (max {result['weights'].max():.2f})",
+                      fontsize=9)
     fig.colorbar(shown, ax=axes[2], fraction=0.046)
     for axis in axes:
         axis.set_axis_off()

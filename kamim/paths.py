@@ -50,3 +50,11 @@ def default_cache_dir(
 
 def runs_root() -> Path:
     return Path(os.environ.get("KAMIM_RUNS_ROOT") or "runs")
+
+
+def usual_mode(path: str | os.PathLike) -> None:
+    """Give a file the mode every other output gets (0666 less the umask, usually 0644): safetensors
+    creates its files 0600, which left exports unreadable to the group that reads the runs."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)

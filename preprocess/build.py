@@ -189,7 +189,7 @@ def detect_canonical_selected(image: np.ndarray, detector: str, gray: str, detec
     """(codes uint16 [N,2], attrs uint16 [N], scale [2]) for a selection cache: the attributes in the
     order of the codes (sorted by quantised (y, x))."""
     _check_side(image, detect_size, steps)
-    resized, scale = canonical_resize(image, detect_size)
+    resized, scale = canonical_resize(image, detect_size, aliased=True)
     points, response, octave, size = detect_with_attributes(resized, detector, gray)
     order = sort_order(points, steps)
     attrs = encode_attrs(detector, response, octave, size)[order]
@@ -328,7 +328,8 @@ def _build(cfg: CacheConfig, dataset, out: Path, identity: dict) -> Path:  # noq
                    f"with: {cache_command(cfg, out)}", err=True)
         raise SystemExit(130) from None
     seconds = time.perf_counter() - started
-    rate = f"{total} images in {seconds:.1f} s ({total / max(seconds, 1e-9):.1f} img/s, {workers} workers)"
+    rate = (f"{total} images in {seconds:.1f} s ({total / max(seconds, 1e-9):.1f} img/s, {workers} "
+            f"worker{'' if workers == 1 else 's'})")
     if cfg.num_partitions > 1:
         click.echo(
             f"cache: partition {cfg.partition}/{cfg.num_partitions} done: {rate}; when every partition has "

@@ -19,6 +19,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from kamim.errors import UserError
+from kamim.paths import usual_mode
 
 from .integrity import check_zip, export_metadata, verify_export
 from .models import MIMModel, build_model
@@ -145,6 +146,7 @@ def write_safetensors(state: dict[str, torch.Tensor], path: Path, info_text: str
     target = path
     try:
         save_file(state, str(tmp), metadata=export_metadata(state, info_text))  # + checksums
+        usual_mode(tmp)  # safetensors writes 0600; every other output is 0644
         if info_text is not None:
             target = info_path
             info_tmp.write_text(info_text)

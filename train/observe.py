@@ -105,31 +105,37 @@ class MetricsLog:
 
 
 def save_grid(path: Path, images: torch.Tensor, pixel_mask: torch.Tensor, recon: torch.Tensor,
-              weights: torch.Tensor | None, rows: int = 4) -> Path:
-    """PNG with one row per image: input | masked input | reconstruction (visible pixels pasted) | weights."""
+              weights: torch.Tensor | None, rows: int = 4, title: str = "") -> Path:
+    """PNG with one row per image: input | masked input | reconstruction (visible pixels pasted) | weights
+    (KAMIM only: SimMIM has no weight map, so no column). ``title`` names the run (method, step);
+    the figure adds how many of the batch's images it shows."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = min(rows, images.shape[0])
+    images_in_batch = images.shape[0]
+    rows = min(rows, images_in_batch)
     images, recon = denormalize(images[:rows].cpu()), denormalize(recon[:rows].detach().cpu())
     mask = pixel_mask[:rows].float().cpu()
     masked = images * (1 - mask)
     pasted = images * (1 - mask) + recon * mask
-    weight = weights[:rows, 0].float().cpu() if weights is not None else torch.ones_like(mask[:, 0])
-    titles = ("input", "masked input", "reconstruction", "weight map")
-    fig, axes = plt.subplots(rows, 4, figsize=(8, 2 * rows + 0.3), squeeze=False)
+    columns = 4 if weights is not None else 3
+    titles = ("input", "masked input", "reconstruction", "KAMIM weight map")[:columns]
+    fig, axes = plt.subplots(rows, columns, figsize=(2 * columns, 2 * rows + 0.6), squeeze=False)
     for r in range(rows):
         panels = (images[r], masked[r], pasted[r])
         for c, panel in enumerate(panels):
             axes[r, c].imshow(panel.permute(1, 2, 0).numpy())
-        shown = axes[r, 3].imshow(weight[r].numpy(), cmap="magma", vmin=1.0)
-        fig.colorbar(shown, ax=axes[r, 3], fraction=0.046)
-        for c in range(4):
+        if weights is not None:
+            shown = axes[r, 3].imshow(weights[r, 0].float().cpu().numpy(), cmap="magma", vmin=1.0)
+            fig.colorbar(shown, ax=axes[r, 3], fraction=0.046)
+        for c in range(columns):
             axes[r, c].set_axis_off()
             if r == 0:
                 axes[r, c].set_title(titles[c], fontsize=9)
+    fig.suptitle(f"{title}{'; ' if title else ''}{rows} of {images_in_batch} images of the step's last micro-batch",
+                 fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp.png")

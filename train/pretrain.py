@@ -97,6 +97,7 @@ class PretrainConfig:
     save_every: int = 500
     grid_every: int = 500
     keep_checkpoints: int = 2
+    save_optimizer: bool = True  # AdamW's moments: 2/3 of a checkpoint, needed for a bit-exact resume
     nan_policy: str = "stop"  # stop: a NaN/Inf loss ends the run; skip: drop that step's update and count it
     tensorboard: bool = False
     wandb: str | None = None
@@ -190,8 +191,8 @@ def run_pretrain(cfg: PretrainConfig) -> Path:
         if int(checkpoint.get("world", 1)) != device.world:  # the data order and global batch depend on it
             bad["world size (processes)"] = (int(checkpoint.get("world", 1)), device.world)
         if bad:
-            raise UserErrorLines(f"--resume: the checkpoint {path} was trained with other settings; give these "
-                                 f"as the run had them (or leave them out):",
+            raise UserErrorLines(f"--resume: these settings differ from the checkpoint {path}; give them as the "
+                                 f"run had them (or leave them out):",
                                  [f"{k}: the run had {was}, now {now}" for k, (was, now) in bad.items()])
     cfg = dataclasses.replace(cfg, out=str(run_dir), device=device.kind)  # resolved, as config.json records it
     log = click.echo if device.is_main else (lambda *a, **k: None)
@@ -234,8 +235,12 @@ def run_pretrain(cfg: PretrainConfig) -> Path:
     start = 0
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        restore_optimizer_impl(optimizer, device.kind)  # fused on cuda, foreach on cpu, whoever saved it
+        if "optimizer" in checkpoint:
+            optimizer.load_state_dict(checkpoint["optimizer"])
+            restore_optimizer_impl(optimizer, device.kind)  # fused on cuda, foreach on cpu, whoever saved it
+        else:  # saved with --no-save-optimizer: AdamW's moments restart at zero (not bit-exact)
+            log(f"--resume: {path} was saved without the optimizer state (--no-save-optimizer): AdamW "
+                f"restarts its moments at zero, so this resume is not bit-exact", err=True)
         scheduler.load_state_dict(checkpoint["scheduler"])
         scaler.load_state_dict(checkpoint["scaler"])
         restore_rng_states(checkpoint["rng"])
@@ -280,7 +285,7 @@ def run_pretrain(cfg: PretrainConfig) -> Path:
     stop = min(total, cfg.stop_after) if cfg.stop_after else total
 
     def save(step: int) -> None:
-        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+        state = {"model": model.state_dict(), **({"optimizer": optimizer.state_dict()} if cfg.save_optimizer else {}),
                  "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "step": step,
                  "micro_batches": step * cfg.accumulation, "world": device.world, "rng": rng_states(), "config": config_dict(cfg),
                  "model_info": {**info, "step": step}, "cache_fingerprint": fingerprint, "data_fingerprints": fingerprints}
@@ -349,7 +354,7 @@ def run_steps(train_model, model, optimizer, scheduler, scaler, batches, device:
             if device.is_main and cfg.grid_every and (step % cfg.grid_every == 0 or step == stop):
                 last = result.last
                 save_grid(run_dir / "grids" / f"step-{step:07d}.png", last["images"], last["pixel_mask"],
-                          last["recon"], last["weights"])
+                          last["recon"], last["weights"], title=grid_title(cfg, step, total))
             if step % cfg.save_every == 0 or step == stop:
                 save(step)
                 saved = step
@@ -365,6 +370,12 @@ def run_steps(train_model, model, optimizer, scheduler, scaler, batches, device:
         bar.close()
         signals.close()
     return None
+
+
+def grid_title(cfg: PretrainConfig, step: int, total: int) -> str:
+    method = (f"KAMIM ({cfg.detector}, w_ps {cfg.weight_ps}, T {cfg.temperature:g})" if cfg.method == "kamim"
+              else "SimMIM")
+    return f"{method}, {cfg.model}, step {step} of {total}"
 
 
 def config_from_options(options: dict[str, Any], given: set[str] | None = None) -> PretrainConfig:

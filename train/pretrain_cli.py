@@ -61,6 +61,9 @@ from .recipes import PRETRAIN_RECIPES  # no torch: flags are checked before the 
 @click.option("--save-every", default=500, show_default=True, type=int, help="Steps between checkpoints.")
 @click.option("--grid-every", default=500, show_default=True, type=int, help="Steps between reconstruction grids (0: off).")
 @click.option("--keep-checkpoints", default=2, show_default=True, type=int)
+@click.option("--save-optimizer/--no-save-optimizer", default=True, show_default=True,
+              help="Keep AdamW's state in checkpoints (2/3 of their size: vit_b 1.0 GB -> 0.35 GB without). "
+                   "Without it a resume restarts AdamW's moments, so it is not bit-exact.")
 @click.option("--nan-policy", default="stop", show_default=True, type=click.Choice(["stop", "skip"]),
               help="A NaN/Inf loss: stop (one line naming the step; checkpoints stay finite) or skip that update and count it.")
 @click.option("--tensorboard", is_flag=True, help="Also log to TensorBoard (needs tensorboard installed).")

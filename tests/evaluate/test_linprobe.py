@@ -83,7 +83,7 @@ def test_original_recipe_runs_end_to_end(toy, tmp_path):
     data, run = toy
     result = run_linprobe(probe_config(data, run, recipe="original", epochs=2, warmup_epochs=1, out=str(tmp_path)))
     assert result["recipe"] == "original" and 0.0 <= result["top1"] <= 100.0
-    assert result["top5"] == 100.0  # two classes: the label is always in the top 5
+    assert result["top5"] is None  # two classes: top-5 would be 100% by construction, so it is not reported
     assert json.loads((tmp_path / "linprobe_config.json").read_text())["resize"] == "squash"
 
 

@@ -10,6 +10,7 @@ import pytest
 from test_linprobe import make_toy_folder
 
 from kamim.evaluate.sweep import Point, SweepConfig, pretrain_config, run_sweep
+from kamim.paths import default_cache_dir
 
 TINY_PRETRAIN = {"model": "vit_t", "overrides": {"depth": 1, "embed_dim": 32, "num_heads": 2}, "dataset": "folder",
                  "steps": 2, "batch_size": 4, "workers": 0, "device": "cpu", "grid_every": 0, "save_every": 1}
@@ -35,7 +36,8 @@ def test_two_by_one_sweep_runs_writes_table_and_skips_finished_points(sweep_env)
     assert all(0 <= float(r["top1"]) <= 100 and r["pretrain_steps"] == "2" for r in rows)
     assert rows[1]["delta_vs_simmim"] != "" and "SimMIM baseline top-1" in (out / "results.md").read_text()
     assert (out / "heatmap-fast.png").stat().st_size > 1000
-    assert [p.name for p in (tmp_path / "cache").iterdir()] == ["folder-train-fast-256.zarr"]  # one shared cache
+    shared = default_cache_dir("folder", "train", "fast", 256, data_root=pretrain.get("data_root"))
+    assert [p.name for p in (tmp_path / "cache").glob("*.zarr")] == [shared.name]  # one shared cache
 
     watched = [out / name / f for name in ("simmim", "fast-wps8-T0.25") for f in
                ("model.safetensors", "linprobe/linprobe.json")]
