@@ -10,12 +10,10 @@ import cv2
 import numpy as np
 import torch
 
-from kamim.cache.points import SUBPIXEL_STEPS, decode_points, encode_points, to_source
-from kamim.cache.select import crop_scale, encode_attrs, select_in_crop, sort_order
-from kamim.preprocess.build import detect_canonical
-from kamim.preprocess.detect import detect_with_attributes
+from kamim.cache.points import SUBPIXEL_STEPS, decode_points, to_source
+from kamim.cache.select import crop_scale, select_in_crop
+from kamim.preprocess.build import detect_canonical, detect_canonical_selected
 from kamim.preprocess.raster import ring_maps_torch
-from kamim.preprocess.resize import canonical_resize
 from kamim.train.augment import CropParams, crop_image, crop_points_keep
 from kamim.train.data import online_ring_map
 
@@ -77,12 +75,8 @@ def plain_entry(image: np.ndarray, detector: str, detect_size: int) -> Stored:
 
 def selection_entry(image: np.ndarray, detector: str, detect_size: int) -> Stored:
     steps = SUBPIXEL_STEPS[detector]
-    resized, scale = canonical_resize(image, detect_size)
-    points, response, octave, size = detect_with_attributes(resized, detector)
-    attrs = encode_attrs(detector, response, octave, size)
-    order = sort_order(points, steps)
-    stored = decode_points(encode_points(points[order], steps), steps)
-    return Stored(to_source(stored, scale), scale, attrs[order])
+    codes, attrs, scale = detect_canonical_selected(image, detector, "bgr", detect_size, steps)
+    return Stored(to_source(decode_points(codes, steps), scale), scale, attrs)
 
 
 def cached_map(entry: Stored, crop: CropParams, detector: str) -> tuple[torch.Tensor, int]:

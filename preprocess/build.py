@@ -328,8 +328,7 @@ def _build(cfg: CacheConfig, dataset, out: Path, identity: dict) -> Path:  # noq
                    f"with: {cache_command(cfg, out)}", err=True)
         raise SystemExit(130) from None
     seconds = time.perf_counter() - started
-    rate = (f"{total} images in {seconds:.1f} s ({total / max(seconds, 1e-9):.1f} img/s, {workers} "
-            f"worker{'' if workers == 1 else 's'})")
+    rate = f"{total} images in {seconds:.1f} s ({total / max(seconds, 1e-9):.1f} img/s, {workers} workers)"
     if cfg.num_partitions > 1:
         click.echo(
             f"cache: partition {cfg.partition}/{cfg.num_partitions} done: {rate}; when every partition has "

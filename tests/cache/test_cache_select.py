@@ -124,3 +124,17 @@ def test_kamim_weights_cached_shows_the_selection_cache(folder):
     assert 0 < len(cached["points"]) <= 500
     r = np.corrcoef(cached["density"].ravel(), online["density"].ravel())[0, 1]
     assert r > 0.9  # measured: 0.967 here; the plain cache gives 0.767 on this crop
+
+
+def test_selection_caches_shrink_without_antialiasing_like_the_crop():
+    import cv2
+
+    from kamim.preprocess.detect import detect_with_attributes
+    from kamim.preprocess.resize import canonical_resize
+
+    image = skimage.data.astronaut()  # 512 px -> 200: shrunk 2.56x (at exactly 2x the two agree)
+    aliased, scale = canonical_resize(image, 200, aliased=True)
+    assert np.array_equal(aliased, cv2.resize(image, (200, 200), interpolation=cv2.INTER_LINEAR))
+    assert not np.array_equal(aliased, canonical_resize(image, 200)[0])  # the plain cache: INTER_AREA
+    codes, attrs, _ = detect_canonical_selected(image, "sift", "bgr", 200, 16)
+    assert len(codes) == len(attrs) == len(detect_with_attributes(aliased, "sift")[0])
