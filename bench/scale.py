@@ -19,6 +19,7 @@ derived flat file, memory-mapped) by real DataLoader workers (forkserver, as `ka
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ import numpy as np
 from kamim.cache import open_cache
 from kamim.cache.flat import flat_path
 
-from .common import cores, interleaved, log, paired_ratio, ratio_entry, start, write_result
+from .common import cores, interleaved, log, paired_ratio, ratio_entry, results_dir, start, write_result
 from .scale_data import synthetic_cache
 
 _MEMORY_FIELDS = ("Rss", "Pss", "Anonymous", "Private_Clean", "Private_Dirty", "Shared_Clean")
@@ -171,6 +172,8 @@ class ScaleBenchConfig:
     worker_counts: tuple[int, ...] = (2, 8)
     samples: int = 4_000  # keypoint samples per (N, detector, workers)
     ratio_detectors: tuple[str, ...] = ("fast",)
+    ratio_min_n: int = 0  # measure the loader ratio only from this N up
+    merge: bool = False  # keep the other N of an earlier scale.json (measure a few N at a time)
     ratio_dataset: str = "photos"
     ratio_workers: int = 0  # 0: all cores
     batch_size: int = 32
@@ -181,7 +184,6 @@ class ScaleBenchConfig:
 
 def ensure_flat(cache_dir, record: dict) -> dict:  # noqa: ANN001
     """Build the derived flat file now (timed) unless it is there; its build time is kept with the record."""
-    import json
 
     record_path = cache_dir.with_suffix(".json")
     flat = flat_path(cache_dir)
@@ -198,6 +200,9 @@ def ensure_flat(cache_dir, record: dict) -> dict:  # noqa: ANN001
 def run(cfg: ScaleBenchConfig) -> dict:
     began = start(cfg)
     results: dict = {}
+    previous = results_dir(cfg.quick) / "scale.json"
+    if cfg.merge and previous.is_file():
+        results = json.loads(previous.read_text())["results"]
     ratios = []
     for detector in cfg.detectors:
         for n in cfg.sizes:
@@ -215,14 +220,16 @@ def run(cfg: ScaleBenchConfig) -> dict:
                     f"{k['cost_us']['p90']:.1f} us p90 (points(i) {k['median_us_of']['points']:.1f}, crop_points "
                     f"{k['median_us_of']['crop']:.1f}); open {k['open_s']['max']:.3f} s; added per worker "
                     + ", ".join(f"{a} {v:.0f} MiB" for a, v in k["added_per_worker_mib"].items()))
-            if detector in cfg.ratio_detectors:
+            if detector in cfg.ratio_detectors and n >= cfg.ratio_min_n:
                 entry["loader"] = loader_ratio(cache_dir, detector, cfg)
                 log(f"  loader kamim-cached/simmim {entry['loader']['ratio']:.3f} "
                     f"({entry['loader']['images_per_s']})")
-                ratios.append(ratio_entry(f"loader kamim-cached/simmim {detector} N={n:,}",
-                                          entry["loader"]["ratio"], 0.97 if n >= 200_000 else None))
             results.setdefault(detector, {})[str(n)] = entry
     for detector, per_n in results.items():
+        for n, entry in sorted(per_n.items(), key=lambda item: int(item[0])):
+            if "loader" in entry:
+                ratios.append(ratio_entry(f"loader kamim-cached/simmim {detector} N={int(n):,}",
+                                          entry["loader"]["ratio"], 0.97 if int(n) >= 200_000 else None))
         worst = max(e["keypoints"][w]["cost_us"]["median"] for e in per_n.values() for w in e["keypoints"])
         ratios.append(ratio_entry(f"keypoint cost {detector} us/sample, worst median over N",
                                   worst, 20.0, higher_is_better=False, note="points(i)+crop_points"))
@@ -245,9 +252,21 @@ def config(quick: bool = False) -> ScaleBenchConfig:
 @click.option("--quick", is_flag=True, help="N = 2k and 20k, 2 workers, fewer samples: checks it works.")
 @click.option("--sizes", help="Comma-separated N list (default 2000,20000,200000,300000).")
 @click.option("--detectors", help="Comma-separated: fast,sift (default both).")
-def main(quick: bool, sizes: str | None, detectors: str | None) -> None:
+@click.option("--workers", help="Comma-separated loader worker counts (default 2,8).")
+@click.option("--samples", type=int, help="Keypoint samples per (N, workers) (default 4000).")
+@click.option("--ratio-min-n", type=int, help="Measure the loader ratio only for N at or above this.")
+@click.option("--merge", is_flag=True, help="Keep the other N already in scale.json (measure a few N at a time).")
+def main(quick: bool, sizes: str | None, detectors: str | None, workers: str | None, samples: int | None,
+         ratio_min_n: int | None, merge: bool) -> None:
     """Keypoint cost, reader open time, memory per worker and loader ratio against the cache size N."""
     cfg = config(quick)
+    if workers:
+        cfg.worker_counts = tuple(int(w) for w in workers.split(","))
+    if samples:
+        cfg.samples = samples
+    if ratio_min_n is not None:
+        cfg.ratio_min_n = ratio_min_n
+    cfg.merge = merge
     if sizes:
         cfg.sizes = tuple(int(s) for s in sizes.split(","))
     if detectors:
