@@ -112,13 +112,11 @@ def test_other_verbs_bad_value_is_one_line_naming_the_flag(tmp_path, monkeypatch
 
 
 def test_convert_negative_heads_is_refused_before_reading(tmp_path):
-    model = build_model("vit_t", depth=1, embed_dim=32, num_heads=2)
     (tmp_path / "in.pth").write_bytes(b"")  # never read: the flag is refused first
     proc = invoke_kamim("convert", str(tmp_path / "in.pth"), "--model", "vit_t", "--num-heads", "-1",
                         "--out", str(tmp_path / "out.safetensors"))
     assert_one_line_error(proc, "--num-heads")
     assert not (tmp_path / "out.safetensors").exists()
-    del model
 
 
 @pytest.mark.parametrize(("info", "words"), [

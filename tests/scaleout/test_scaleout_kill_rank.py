@@ -83,6 +83,7 @@ def killed(tmp_path_factory):  # noqa: ANN201
         began = time.monotonic()
         _, stderr = launcher.communicate(timeout=120)  # torchrun must tear rank 0 down, not wait forever
         torn_down = time.monotonic() - began
+        print(f"torchrun ended {torn_down:.1f} s after rank 1 was killed (exit {launcher.returncode})")
     finally:
         if launcher.poll() is None:
             os.killpg(launcher.pid, signal.SIGKILL)
