@@ -75,7 +75,8 @@ SHARED: dict[str, Rule] = {
     "batch_size": Rule(int, 1, 10**6), "probe_batch_size": Rule(int, 1, 10**6),
     "eval_batch_size": Rule(int, 1, 10**6), "feature_batch_size": Rule(int, 1, 10**6),
     "accumulation": Rule(int, 1, 4096), "global_batch": Rule(int, 1, 10**7),
-    "workers": Rule(int, 0, "workers"), "probe_workers": Rule(int, 0, "workers"),
+    "workers": Rule(int, 0, "workers", note="at most 4 per usable core, 64 below 16 cores"),
+    "probe_workers": Rule(int, 0, "workers", note="at most 4 per usable core, 64 below 16 cores"),
     "seed": Rule(int, 0, 2**32 - 1), "log_every": _count, "save_every": _count,
     "grid_every": Rule(int, 0, BIG, note="0 = off"), "keep_checkpoints": Rule(int, 0, BIG, note="0 = keep all"),
     "weight_ps": Rule(int, 1, 192), "detect_size": Rule(int, 16, 4096), "store_size": Rule(int, 16, 8192),
@@ -87,7 +88,7 @@ SHARED: dict[str, Rule] = {
 PER_VERB: dict[str, dict[str, Rule]] = {
     "pretrain": {"epochs": Rule(float, 0, 10**5, low_open=True)},
     "sweep": {"epochs": Rule(float, 0, 10**5, low_open=True)},
-    "cache": {"workers": Rule(int, 1, "workers")},
+    "cache": {"workers": Rule(int, 1, "workers", note="at most 4 per usable core, 64 below 16 cores")},
 }
 
 

@@ -86,7 +86,7 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
     except (OSError, RuntimeError) as error:  # torch reports a failed write (disk full) as RuntimeError
         tmp.unlink(missing_ok=True)
         raise UserError(f"could not write {path} ({str(error).splitlines()[0]}); free disk space and resume "
-                        f"(--resume): the previous checkpoint is intact") from None
+                        f"(--resume): earlier checkpoints are untouched") from None
     os.replace(tmp, path)
     return path
 
@@ -131,7 +131,7 @@ def export_model(model: MIMModel, info: dict[str, Any], run_dir: str | os.PathLi
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     refuse_non_finite(state, path)
     write_safetensors(state, path, json.dumps(jsonable(info), indent=2, sort_keys=True) + "\n",
-                      "the checkpoints are intact: free space and resume (--resume) to export")
+                      "the checkpoints are kept: free space and resume (--resume) to export")
     remove_stale_temps(run_dir, "model.*")
     return path
 

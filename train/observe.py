@@ -79,7 +79,7 @@ class MetricsLog:
         except OSError as error:  # full disk or size limit: cut the torn line off, name the file
             self._cut_to(end)
             raise UserError(f"cannot write {self.path}: {os.strerror(error.errno or 0)}; free disk space and "
-                            f"resume (--resume): checkpoints so far are intact") from None
+                            f"resume (--resume): checkpoints so far are untouched") from None
         step = record["step"]
         numbers = {k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "step"}
         if self.tb is not None:
