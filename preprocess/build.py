@@ -15,7 +15,7 @@ import shlex
 import shutil
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import click
@@ -285,9 +285,10 @@ def _prepare(cfg: CacheConfig, out: Path, identity: dict) -> bool:
 def build_cache(cfg: CacheConfig) -> Path:
     """Build (or resume, or do this partition's share of) the cache described by ``cfg``; returns its dir."""
     validate(cfg)
+    out = output_dir(cfg)
+    cfg = replace(cfg, out=os.fspath(out))  # printed and saved resolved, not None
     click.echo(format_config(cfg), err=True)
     dataset = open_dataset(cfg.dataset, cfg.split, cfg.data_root)
-    out = output_dir(cfg)
     identity = build_identity(cfg, dataset)
     with build_lock(out):  # one build per --out: a second one stops with one line naming this pid
         return _build(cfg, dataset, out, identity)
@@ -328,7 +329,8 @@ def _build(cfg: CacheConfig, dataset, out: Path, identity: dict) -> Path:  # noq
                    f"with: {cache_command(cfg, out)}", err=True)
         raise SystemExit(130) from None
     seconds = time.perf_counter() - started
-    rate = f"{total} images in {seconds:.1f} s ({total / max(seconds, 1e-9):.1f} img/s, {workers} workers)"
+    rate = (f"{total} images in {seconds:.1f} s ({total / max(seconds, 1e-9):.1f} img/s, {workers} "
+            f"worker{'' if workers == 1 else 's'})")
     if cfg.num_partitions > 1:
         click.echo(
             f"cache: partition {cfg.partition}/{cfg.num_partitions} done: {rate}; when every partition has "
