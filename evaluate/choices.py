@@ -7,3 +7,4 @@ from __future__ import annotations
 POOLS = ("avg", "cls")
 RESIZES = ("crop", "squash")
 PROBE_RECIPES = ("fast", "original")
+FINETUNE_RECIPE_NAMES = ("kamim", "original")

@@ -6,12 +6,11 @@ import click
 
 from kamim.datasets import DATASETS
 
-from .finetune import FinetuneConfig, run_finetune
-from .recipe import FINETUNE_RECIPES
+from .choices import FINETUNE_RECIPE_NAMES  # no torch: flags are checked before the heavy imports
 
 
 @click.command("finetune")
-@click.option("--recipe", type=click.Choice(list(FINETUNE_RECIPES)), default="kamim", show_default=True,
+@click.option("--recipe", type=click.Choice(list(FINETUNE_RECIPE_NAMES)), default="kamim", show_default=True,
               help="kamim: layer decay 0.65, no weight decay on biases/norms, clip 1.0, antialiased resize. original: "
                    "the original's script (one AdamW group decaying everything, no layer decay, no clip for ViT / "
                    "1.0 for Swin, resize without antialias). The flags below override either.")
@@ -58,4 +57,6 @@ def finetune(**options) -> None:
       kamim finetune --checkpoint runs/imagenet-vit_b-kamim --dataset imagenet --resume   # after a stop
     """
     # --clip-grad 0 = off, as in pretrain (negative: refused); not given (None): the recipe's
+    from .finetune import FinetuneConfig, run_finetune
+
     run_finetune(FinetuneConfig(**options))

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import click
 import numpy as np
-import torch
 
 from kamim.config import format_config, save_config
 from kamim.errors import UserError
@@ -38,6 +37,8 @@ def keypoint_weights(image: np.ndarray, cfg: WeightsConfig) -> dict[str, np.ndar
     cached: detect on the whole image resized to ``detect_size`` (as ``kamim cache`` stores it), move
     the points through the crop and flips, raster them with the trainer's device raster.
     """
+    import torch  # here, not at import: `kamim weights --bad-flag` answers without loading torch
+
     from kamim.preprocess.detect import detect_keypoints
     from kamim.preprocess.raster import ring_map_opencv, ring_maps_torch
     from kamim.train.augment import CropParams, crop_image, crop_points

@@ -59,7 +59,7 @@ def test_sweep_refuses_a_bad_value_anywhere_in_a_list_before_any_work(tmp_path):
 
 def test_a_mistyped_flag_is_answered_before_torch_is_imported():
     code = ("import sys\nfrom kamim.cli import main\n"
-            "for verb in ('pretrain', 'linprobe', 'sweep', 'cache'):\n"
+            "for verb in ('pretrain', 'linprobe', 'sweep', 'cache', 'finetune', 'weights'):\n"
             "    try:\n        main([verb, '--bogus-flag'])\n    except SystemExit as e:\n        assert e.code == 2\n"
             "print('torch' in sys.modules, 'timm' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -70,6 +70,7 @@ def test_light_choices_agree_with_the_modules_that_own_them():
     from kamim.evaluate import choices as evaluate_choices
     from kamim.evaluate.features import POOLS, RESIZES
     from kamim.evaluate.linprobe import RECIPES
+    from kamim.evaluate.recipe import FINETUNE_RECIPES
     from kamim.train import choices
     from kamim.train.device import DEVICES, PRECISIONS
     from kamim.train.init import INITS
@@ -79,3 +80,4 @@ def test_light_choices_agree_with_the_modules_that_own_them():
     assert tuple(MODELS) == choices.MODEL_NAMES
     assert (evaluate_choices.POOLS, evaluate_choices.RESIZES, evaluate_choices.PROBE_RECIPES) == (POOLS, RESIZES,
                                                                                                RECIPES)
+    assert tuple(FINETUNE_RECIPES) == evaluate_choices.FINETUNE_RECIPE_NAMES
