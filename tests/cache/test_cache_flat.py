@@ -17,7 +17,7 @@ import pytest
 import zarr
 
 from kamim.cache import open_cache
-from kamim.cache.flat import BLOCK_BYTES, HEADER_BYTES, flat_path
+from kamim.cache.flat import HEADER_BYTES, flat_path
 from kamim.cache.manifest import atomic_write, json_bytes, keypoint_stats
 from kamim.cache.parts import Block
 from kamim.cache.points import decode_points, encode_points, to_source
@@ -66,13 +66,13 @@ def _in_child(out: Path, images: int) -> tuple[Path, list[np.ndarray]]:
 
 @pytest.fixture(scope="module")
 def big(tmp_path_factory):
-    # Two zarr shards and ~20 flat-file blocks: batches, shard edges and lazy block checks all run.
+    # Two zarr shards: the build's batches and shard edges all run.
     return _in_child(tmp_path_factory.mktemp("flat") / "big.zarr", 12_600)
 
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
-    return _in_child(tmp_path_factory.mktemp("flat") / "small.zarr", 3_000)  # 5 flat-file blocks
+    return _in_child(tmp_path_factory.mktemp("flat") / "small.zarr", 3_000)
 
 
 def test_flat_file_gives_exactly_the_zarr_points_for_every_index(big):
@@ -86,8 +86,8 @@ def test_flat_file_gives_exactly_the_zarr_points_for_every_index(big):
         assert np.array_equal(got, want), index
     assert np.array_equal(reader.counts, [len(p) for p in expected])
     assert int(reader.ok.sum()) == 12_600 - 1800 and not reader.is_ok(0) and reader.is_ok(1)
-    assert flat_path(cache).stat().st_size > 16 * BLOCK_BYTES
-    assert len(reader._flat._verified) == sum(reader._flat._verified)  # every block was checked once
+    assert flat_path(cache).stat().st_size > 16 * 2**20
+    assert len(reader._flat.image_crc) == len(expected)  # every image's codes carry their own checksum
 
 
 def _flip(path: Path, at: int) -> None:
@@ -98,16 +98,17 @@ def _flip(path: Path, at: int) -> None:
         handle.write(bytes([byte[0] ^ 0x5A]))
 
 
-@pytest.mark.parametrize("damage", ["points-block", "header", "offsets", "truncate", "other-store"])
+@pytest.mark.parametrize("damage", ["points", "header", "offsets", "truncate", "other-store"])
 def test_stale_or_damaged_flat_file_is_rebuilt_never_used(small, tmp_path, damage):
     source, expected = small
     cache = tmp_path / "c.zarr"
     shutil.copytree(source, cache)
     flat = flat_path(cache)
-    open_cache(cache).points(1)  # builds it
+    built = open_cache(cache)
+    built.points(1)  # builds it
     before = flat.stat().st_ino
-    if damage == "points-block":
-        _flip(flat, flat.stat().st_size - 3 * BLOCK_BYTES)  # inside a late points block: found on first read
+    if damage == "points":  # the middle of the points: found when that image is read
+        _flip(flat, built._flat.sections["points"][0] + 2 * int(built._flat.offsets[-1]))
     elif damage == "header":
         _flip(flat, 40)
     elif damage == "offsets":
