@@ -7,7 +7,7 @@ the loss is read from the device, so the timestamps are real): images between th
 last over the seconds between them. The first half is left out: worker start-up, the first parallel
 fill and a prefetch queue (2 batches per worker) that would otherwise flatter the loader.
 
-    python -m bench.e2e            # CPU: vit_t with 4 blocks, batch 16 (a few minutes)
+    python -m bench.e2e            # CPU: vit_t with 4 blocks, batch 16; cached FAST, SIFT, device FAST
     python -m bench.e2e --quick    # tiny: checks it runs
     (GPU: python -m bench.gpu runs it at vit_b, bf16, batch 512)
 """
@@ -39,7 +39,7 @@ class E2EBenchConfig:
     overrides: dict = field(default_factory=lambda: {"depth": 4})
     batch_size: int = 16
     device: str = "auto"
-    methods: tuple[str, ...] = ("kamim-cached-fast", "kamim-cached-sift")
+    methods: tuple[str, ...] = ("kamim-cached-fast", "kamim-cached-sift", "kamim-device-fast")
     steps: int = 24  # pretrain steps per run (rate over the second half)
     log_every: int = 4
     pure_steps: int = 6  # pure-step timing: steps per block, two blocks (before and after the runs)
@@ -81,12 +81,20 @@ def pretrain_rate(run_dir: Path, batch_size: int) -> dict:
             "to_step": last["step"], "seconds": seconds, "records": len(records)}
 
 
+def parse_method(method: str) -> tuple[str, str, str]:
+    """simmim | kamim-cached-DETECTOR | kamim-device-fast -> (method, keypoints, detector)."""
+    if method == "simmim":
+        return "simmim", "cached", "fast"
+    _, keypoints, detector = method.split("-")
+    return "kamim", keypoints, detector
+
+
 def run_one(cfg: E2EBenchConfig, src: Source, method: str, workers: int, out: Path) -> dict:
     from kamim.train.pretrain import PretrainConfig, run_pretrain
 
-    kind, detector = ("simmim", "fast") if method == "simmim" else ("kamim", method.rsplit("-", 1)[1])
-    cache = None if kind == "simmim" else str(ensure_cache(src, detector, "zarr"))
-    pcfg = PretrainConfig(model=cfg.model, overrides=dict(cfg.overrides), method=kind, keypoints="cached", cache=cache,
+    kind, keypoints, detector = parse_method(method)
+    cache = str(ensure_cache(src, detector, "zarr")) if (kind, keypoints) == ("kamim", "cached") else None
+    pcfg = PretrainConfig(model=cfg.model, overrides=dict(cfg.overrides), method=kind, keypoints=keypoints, cache=cache,
                           detector=detector, dataset="folder", data_root=src.data_root, device=cfg.device,
                           out=str(out / method), steps=cfg.steps, batch_size=cfg.batch_size, workers=workers,
                           log_every=cfg.log_every, save_every=10**9, grid_every=0, keep_checkpoints=1,
@@ -98,14 +106,14 @@ def pure_step_rate(cfg: E2EBenchConfig, src: Source, device, method: str):  # no
     """A closure timing one block of pure steps (a resident real batch, the same trainer settings)."""
     from kamim.train.models import build_model
 
-    kind, detector = ("simmim", "fast") if method == "simmim" else ("kamim", method.rsplit("-", 1)[1])
+    kind, keypoints, detector = parse_method(method)
     sample = next(iter(build_loader("cached-zarr", src, detector, min(cfg.batch_size, 64), 0)))
     batch = pinned(tiled(sample, cfg.batch_size), device)
-    if kind == "simmim":
+    if kind == "simmim" or keypoints == "device":  # the loader hands over images and masks only
         batch = {k: v for k, v in batch.items() if k in ("image", "mask")}
     torch.manual_seed(0)
     model = build_model(cfg.model, 192, **cfg.overrides).to(device.device)
-    step = project_step(model, device, kind, cfg, Feed(iter(lambda: batch, None)), cfg.compile)
+    step = project_step(model, device, kind, cfg, Feed(iter(lambda: batch, None)), cfg.compile, keypoints)
     time_block(step, 2, device)  # warm-up (and the compile, if any)
     return lambda: cfg.batch_size / time_block(step, cfg.pure_steps, device)
 
@@ -121,8 +129,9 @@ def run(cfg: E2EBenchConfig) -> dict:
     workers = cfg.workers or default_workers()
     src = repeated_photos(cfg.batch_size)
     for method in cfg.methods:
-        if method != "simmim":
-            ensure_cache(src, method.rsplit("-", 1)[1], "zarr")
+        kind, keypoints, detector = parse_method(method)
+        if (kind, keypoints) == ("kamim", "cached"):
+            ensure_cache(src, detector, "zarr")
     log(f"e2e: {cfg.model} batch {cfg.batch_size} on {device.kind} ({device.precision}), {workers} workers, "
         f"{src.data_root}; {cfg.steps} steps per run, rate over the second half")
     results, ratios = {}, []

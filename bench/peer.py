@@ -64,7 +64,7 @@ class Feed:
 
 
 def project_step(model: torch.nn.Module, device, method: str, cfg, batches: Iterator,  # noqa: ANN001
-                 compile_: bool = False) -> Callable[[], torch.Tensor]:
+                 compile_: bool = False, keypoints: str = "cached") -> Callable[[], torch.Tensor]:
     """One optimiser step of `kamim pretrain`'s loop per call (its AdamW, scheduler, clip, scaler)."""
     from timm.scheduler import CosineLRScheduler
 
@@ -75,7 +75,7 @@ def project_step(model: torch.nn.Module, device, method: str, cfg, batches: Iter
     optimizer = adamw(model.parameters(), device.kind, lr=8e-4, weight_decay=0.05, betas=(0.9, 0.999))
     scheduler = CosineLRScheduler(optimizer, t_initial=10**6, lr_min=1e-5, warmup_t=10, warmup_lr_init=1e-6,
                                   t_in_epochs=False)
-    spec = LossSpec(method, cfg.weight_ps, cfg.temperature, 192, model.patch_size, compile_)
+    spec = LossSpec(method, cfg.weight_ps, cfg.temperature, 192, model.patch_size, compile_, keypoints=keypoints)
     steps = train_steps(model, optimizer, scheduler, device.grad_scaler(), iter(batches), device, spec, 0, 10**9, 1,
                         1.0)
     return lambda: next(steps).loss
