@@ -126,7 +126,9 @@ def run(cfg: StepBenchConfig) -> dict:
                                   paired_ratio(samples["kamim-fast-device"], samples["simmim"]), 1.03, False,
                                   note=f"detection + weighting alone {weight_ms['fast-device']:.1f} ms of a "
                                        f"{simmim_s * 1e3:.0f} ms step; batch {cfg.detect_batch}: "
-                                       f"{detect['ms']:.1f} ms"))
+                                       f"{detect['ms']:.1f} ms"
+                                       + (f", {detect['cpu_ms_one_thread_detect_raster_weights']:.1f} ms CPU "
+                                          f"time on one thread" if "cpu_ms_one_thread_detect" in detect else "")))
     payload = {
         "device": device.kind, "precision": device.precision,
         "points_per_crop": {d: {"median": median(c), "max": max(c), "padded": int(batches[d]["points"].shape[1])}
@@ -147,8 +149,27 @@ def device_detect_ms(cfg: StepBenchConfig, device) -> dict:  # noqa: ANN001
     loader = build_loader("simmim", source(cfg.source), "fast", cfg.detect_batch, 0)
     batch = next(iter(loader))
     ms = weighting_ms(batch, cfg, device, max(3, cfg.weighting_calls // 4), "device")
-    return {"batch": cfg.detect_batch, "ms": round(ms, 2), "ms_per_crop": round(ms / cfg.detect_batch, 3),
-            "threads": torch.get_num_threads()}
+    out = {"batch": cfg.detect_batch, "ms": round(ms, 2), "ms_per_crop": round(ms / cfg.detect_batch, 3),
+           "threads": torch.get_num_threads()}
+    if device.kind == "cpu":  # CPU time on one thread: what the work costs, even on a shared machine
+        from kamim.preprocess.fast_torch import fast_keypoints_torch
+        from kamim.train.engine import LossSpec, batch_weights
+
+        spec = LossSpec("kamim", cfg.weight_ps, cfg.temperature, 192, 16, keypoints="device")
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            for name, work in (("detect", lambda: fast_keypoints_torch(batch["image"])),
+                               ("detect_raster_weights", lambda: batch_weights(batch, spec))):
+                times = []
+                for _ in range(max(3, cfg.weighting_calls // 2) + 1):
+                    began = time.process_time()
+                    work()
+                    times.append(time.process_time() - began)
+                out[f"cpu_ms_one_thread_{name}"] = round(median(times[1:]) * 1e3, 2)
+        finally:
+            torch.set_num_threads(threads)
+    return out
 
 
 def config(quick: bool = False) -> StepBenchConfig:
