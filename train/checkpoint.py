@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from kamim.errors import UserError
 from kamim.paths import usual_mode
 
-from .integrity import check_zip, export_metadata, verify_export
+from .integrity import check_zip, export_metadata, sort_metadata, verify_export
 from .models import MIMModel, build_model
 
 CHECKPOINT_DIR = "checkpoints"
@@ -146,6 +146,7 @@ def write_safetensors(state: dict[str, torch.Tensor], path: Path, info_text: str
     target = path
     try:
         save_file(state, str(tmp), metadata=export_metadata(state, info_text))  # + checksums
+        sort_metadata(tmp)  # byte-identical exports for identical weights
         usual_mode(tmp)  # safetensors writes 0600; every other output is 0644
         if info_text is not None:
             target = info_path

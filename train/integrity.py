@@ -11,6 +11,8 @@ silently different weights.
 from __future__ import annotations
 
 import hashlib
+import json
+import struct
 import zipfile
 from pathlib import Path
 
@@ -41,6 +43,24 @@ def export_metadata(state: dict[str, torch.Tensor], info_text: str | None) -> di
     if info_text is not None:
         metadata[INFO_DIGEST_KEY] = text_digest(info_text)
     return metadata
+
+
+def sort_metadata(path: Path) -> None:
+    """Rewrite a ``.safetensors`` header with its metadata keys sorted, in place and at the same length.
+    safetensors writes the metadata map in a per-process random order, so two identical exports would
+    differ in bytes; sorted, the same weights always give the same file."""
+    with open(path, "r+b") as handle:
+        (length,) = struct.unpack("<Q", handle.read(8))
+        raw = handle.read(length)
+        header = json.loads(raw)
+        if "__metadata__" not in header:
+            return
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+        text = json.dumps(header, separators=(",", ":")).encode()
+        if len(text) > length:  # never: the same keys and values in another order
+            raise RuntimeError(f"{path}: sorted safetensors header is longer than the original")
+        handle.seek(8)
+        handle.write(text + b" " * (length - len(text)))
 
 
 def verify_export(source: Path, metadata: dict[str, str] | None, state: dict[str, torch.Tensor],
