@@ -44,6 +44,7 @@ from .recipe import (
     mixed_batch,
     mixup_cutmix,
     original_train_transform,
+    squash_eval_transform,
     topk_correct,
 )
 from .runs import default_out_dir, latest_run, pick_device
@@ -194,8 +195,9 @@ def train_original_recipe(probe: FrozenProbe, train_ds, val_ds, config: Linprobe
     batch = min(config.batch_size, len(train_ds))
     loader = make_loader(train_ds, original_train_transform(img_size), batch, config.workers, shuffle=True,
                          drop_last=True, seed=config.seed)
-    val_loader = make_loader(val_ds, eval_transform(img_size, config.resize), config.feature_batch_size,
-                             config.workers)
+    # The original's validation Resize((192,192)) ran without antialias, like its training transform.
+    val_transform = squash_eval_transform(img_size) if config.resize == "squash" else eval_transform(img_size, "crop")
+    val_loader = make_loader(val_ds, val_transform, config.feature_batch_size, config.workers)
     mix = mixup_cutmix(num_classes, config.mixup)
     criterion = SoftTargetCrossEntropy()
     optimizer = torch.optim.AdamW(probe.head.parameters(), lr=config.lr, weight_decay=config.weight_decay)
