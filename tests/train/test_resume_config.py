@@ -52,6 +52,10 @@ def test_resume_with_no_flags_continues_from_config_json(folder, tmp_path):
     again = CliRunner().invoke(pretrain, ["--out", str(run), "--resume"])
     assert again.exit_code == 0, again.output
     assert (run / "model.safetensors").is_file() and steps_logged(run) == [1, 2, 3, 4]
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in ("model.safetensors", "model.json", "config.json"):  # one file mode for every output
+        assert (run / name).stat().st_mode & 0o777 == 0o666 & ~umask, name
     resumed = json.loads((run / "config.json").read_text())
     assert resumed["lr"] == 5e-4 and resumed["batch_size"] == 2 and resumed["overrides"]["embed_dim"] == 32
 
