@@ -15,7 +15,7 @@ def scale_lines(records: dict[str, dict], chart: Path | None) -> list[str]:
         rec = records["scale"]
         out += ["", "Cache scale (synthetic caches written by the project's writer, read through the reader's "
                 "memory-mapped flat file by real DataLoader workers; `python -m bench.scale`):", "",
-                "| detector | N | zarr B/image | flat file MiB | flat build s | workers | points(i) us | "
+                "| detector | N | zarr B/image | flat file MiB | flat build CPU s | workers | points(i) us | "
                 "+ crop_points us (median / p90) | open s (max) | anon MiB / PSS MiB added per worker | "
                 "kamim-cached/simmim |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for detector, per_n in rec["results"].items():
@@ -26,7 +26,7 @@ def scale_lines(records: dict[str, dict], chart: Path | None) -> list[str]:
                     mem = k.get("added_per_worker_mib", {})
                     out.append(
                         f"| {detector} | {int(n):,} | {c['bytes_per_image']:.0f} | {c['flat_bytes'] / 2**20:,.0f} | "
-                        f"{c.get('flat_build_s', '')} | {workers} | {k['median_us_of']['points']:.1f} | "
+                        f"{c.get('flat_build_cpu_s', c.get('flat_build_s', ''))} | {workers} | {k['median_us_of']['points']:.1f} | "
                         f"{k['cost_us']['median']:.1f} / {k['cost_us']['p90']:.1f} | {k['open_s']['max']:.3f} | "
                         f"{mem.get('Anonymous_mib', 0):.0f} / {mem.get('Pss_mib', 0):.0f} | {ratio} |")
         if chart is not None:

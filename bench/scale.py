@@ -10,7 +10,8 @@ derived flat file, memory-mapped) by real DataLoader workers (forkserver, as `ka
 - memory: /proc/<pid>/smaps_rollup of each worker before the open and after its samples: anonymous
   (private, unshareable) and PSS (shared pages split between the processes mapping them, so each page
   counts once in total); the flat file itself is page cache, counted once;
-- loader ratio: images/s of PretrainSamples cached vs simmim on the real photo set indexed modulo its size.
+- loader ratio: images/s of PretrainSamples cached vs simmim on real photos indexed modulo their count
+  (default the ImageNet-sized ones of bench/large_photos.py; --ratio-source photos for the 224 px set).
 
     python -m bench.scale                       # N = 2k, 20k, 200k, 300k (first run writes the caches)
     python -m bench.scale --sizes 2000,1280000  # any N list
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import time
 from dataclasses import dataclass
 
@@ -141,13 +143,13 @@ class Modulo:
 def loader_ratio(cache_dir, detector: str, cfg: ScaleBenchConfig) -> dict:  # noqa: ANN001
     from torch.utils.data import DataLoader
 
-    from kamim.datasets import open_dataset
     from kamim.train.data import EpochBatches, PretrainSamples, collate
 
+    from .caches import source
     from .pipelines import loader_rate
 
     cache = open_cache(cache_dir)
-    photos = open_dataset(cfg.ratio_dataset, "train", None)
+    photos = source(cfg.ratio_source, "train").open()
     dataset = Modulo(photos, len(cache))
     workers = cfg.ratio_workers or cores()
 
@@ -161,7 +163,7 @@ def loader_ratio(cache_dir, detector: str, cfg: ScaleBenchConfig) -> dict:  # no
                         cfg.ratio_repetitions, log)
     return {"images_per_s": {k: float(np.median(v)) for k, v in rates.items()}, "samples": rates,
             "ratio": paired_ratio(rates["cached"], rates["simmim"]), "workers": workers,
-            "dataset": f"{cfg.ratio_dataset} ({len(photos)} photos) modulo {len(cache)}"}
+            "dataset": f"{cfg.ratio_source} ({len(photos)} photos) modulo {len(cache)}"}
 
 
 @dataclass
@@ -174,7 +176,7 @@ class ScaleBenchConfig:
     ratio_detectors: tuple[str, ...] = ("fast",)
     ratio_min_n: int = 0  # measure the loader ratio only from this N up
     merge: bool = False  # keep the other N of an earlier scale.json (measure a few N at a time)
-    ratio_dataset: str = "photos"
+    ratio_source: str = "large"  # large: ImageNet-sized JPEGs (bench/large_photos.py); photos: 224 px
     ratio_workers: int = 0  # 0: all cores
     batch_size: int = 32
     ratio_batches: int = 12
@@ -189,9 +191,11 @@ def ensure_flat(cache_dir, record: dict) -> dict:  # noqa: ANN001
     flat = flat_path(cache_dir)
     if "flat_build_s" not in record or not flat.is_file():
         flat.unlink(missing_ok=True)
-        began = time.perf_counter()
+        began, children = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
         open_cache(cache_dir).is_ok(0)  # builds it in a child process, as any first reader would
         record["flat_build_s"] = round(time.perf_counter() - began, 2)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)  # CPU time: meaningful on a busy machine too
+        record["flat_build_cpu_s"] = round(after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime, 2)
         record_path.write_text(json.dumps(record, indent=2) + "\n")
     record["flat_bytes"] = flat.stat().st_size
     return record
@@ -224,6 +228,8 @@ def run(cfg: ScaleBenchConfig) -> dict:
                 entry["loader"] = loader_ratio(cache_dir, detector, cfg)
                 log(f"  loader kamim-cached/simmim {entry['loader']['ratio']:.3f} "
                     f"({entry['loader']['images_per_s']})")
+            if "loader" not in entry and "loader" in results.get(detector, {}).get(str(n), {}):
+                entry["loader"] = results[detector][str(n)]["loader"]  # --merge: keep the earlier ratio
             results.setdefault(detector, {})[str(n)] = entry
     for detector, per_n in results.items():
         for n, entry in sorted(per_n.items(), key=lambda item: int(item[0])):
@@ -255,9 +261,10 @@ def config(quick: bool = False) -> ScaleBenchConfig:
 @click.option("--workers", help="Comma-separated loader worker counts (default 2,8).")
 @click.option("--samples", type=int, help="Keypoint samples per (N, workers) (default 4000).")
 @click.option("--ratio-min-n", type=int, help="Measure the loader ratio only for N at or above this.")
+@click.option("--ratio-source", type=click.Choice(["large", "photos"]), help="Real images for the loader ratio.")
 @click.option("--merge", is_flag=True, help="Keep the other N already in scale.json (measure a few N at a time).")
 def main(quick: bool, sizes: str | None, detectors: str | None, workers: str | None, samples: int | None,
-         ratio_min_n: int | None, merge: bool) -> None:
+         ratio_min_n: int | None, ratio_source: str | None, merge: bool) -> None:
     """Keypoint cost, reader open time, memory per worker and loader ratio against the cache size N."""
     cfg = config(quick)
     if workers:
@@ -267,6 +274,7 @@ def main(quick: bool, sizes: str | None, detectors: str | None, workers: str | N
     if ratio_min_n is not None:
         cfg.ratio_min_n = ratio_min_n
     cfg.merge = merge
+    cfg.ratio_source = ratio_source or cfg.ratio_source
     if sizes:
         cfg.sizes = tuple(int(s) for s in sizes.split(","))
     if detectors:
