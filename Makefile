@@ -9,6 +9,7 @@ DATASET  ?= photos
 SPLIT    ?= train
 DETECTOR ?= fast
 FORMAT   ?= zarr
+KEYPOINTS ?= auto
 WORKERS  ?= $(shell nproc)
 MODEL    ?= vit_t
 METHOD   ?= kamim
@@ -31,7 +32,7 @@ help:
 	@echo "make demo      cache + short SimMIM/KAMIM pretraining + linear probe + report on 'photos'"
 	@echo "make test      lint + the test suite"
 	@echo "make cache     DATASET=photos DATA_ROOT= DETECTOR=fast FORMAT=zarr WORKERS=$(WORKERS)"
-	@echo "make pretrain  MODEL=vit_t METHOD=kamim DETECTOR=fast FORMAT=zarr WPS=8 TEMP=0.25 STEPS=20 BATCH=16 DEVICE=auto"
+	@echo "make pretrain  MODEL=vit_t METHOD=kamim DETECTOR=fast KEYPOINTS=auto FORMAT=zarr WPS=8 TEMP=0.25 STEPS=20 BATCH=16 DEVICE=auto"
 	@echo "make linprobe  RUN=runs/<run dir> (default: the latest pretrain run) DATASET=photos DATA_ROOT="
 	@echo "make bench     CPU benchmarks -> bench/results/*.json and the README tables"
 
@@ -54,7 +55,7 @@ cache: install
 	$(KAMIM) cache $(DATA_ARGS) --split $(SPLIT) --detector $(DETECTOR) --format $(FORMAT) --workers $(WORKERS)
 
 pretrain: install
-	$(KAMIM) pretrain --model $(MODEL) --method $(METHOD) --detector $(DETECTOR) --cache-format $(FORMAT) \
+	$(KAMIM) pretrain --model $(MODEL) --method $(METHOD) --detector $(DETECTOR) --keypoints $(KEYPOINTS) --cache-format $(FORMAT) \
 		--weight-ps $(WPS) --temperature $(TEMP) $(DATA_ARGS) --split $(SPLIT) --steps $(STEPS) --batch-size $(BATCH) \
 		--device $(DEVICE)
 

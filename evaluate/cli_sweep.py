@@ -31,7 +31,7 @@ def number_list(text: str, kind: type, flag: str) -> list:
 @click.option("--dataset", default=None, help="Pretrain and probe dataset [photos]")
 @click.option("--data-root", default=None)
 @click.option("--split", default=None, help="Pretrain split [train]")
-@click.option("--keypoints", default=None, help="Pretrain: cached or online [cached]")
+@click.option("--keypoints", default=None, help="Pretrain: auto, cached, online or device [auto]")
 @click.option("--detect-size", type=int, default=None, help="Cache detect size [256]")
 @click.option("--gray", default=None, help="Detector input: bgr (original) or rgb [bgr]")
 @click.option("--steps", type=int, default=None, help="Pretrain optimiser steps per point.")

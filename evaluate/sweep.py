@@ -105,10 +105,12 @@ def ensure_caches(config: SweepConfig, log) -> None:
     from kamim.train.setup import open_training_cache
 
     base = PretrainConfig(**config.pretrain)
-    if base.keypoints != "cached":
+    # auto: FAST is detected on the device (no cache); SIFT/ORB read a cache (tiny images aside: run_pretrain)
+    detectors = [d for d in config.detector if base.keypoints == "cached" or (base.keypoints == "auto" and d != "fast")]
+    if not detectors:
         return
     dataset = open_dataset(base.dataset, base.split, base.data_root)
-    for detector in config.detector:
+    for detector in detectors:
         open_training_cache(dataclasses.replace(base, detector=detector), dataset, lambda m, **_: log(m))
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import click
 
 
@@ -22,4 +24,12 @@ class UserErrorLines(UserError):
     (e.g. every flag that conflicts with a run being resumed). Same exit code 2, no traceback."""
 
     def __init__(self, header: str, lines: list[str]) -> None:
-        click.ClickException.__init__(self, "\n".join([" ".join(header.split()), *(f"  {line}" for line in lines)]))
+        self.header, self.lines = " ".join(header.split()), [" ".join(str(line).split()) for line in lines]
+        click.ClickException.__init__(self, "\n".join([self.header, *(f"  {line}" for line in self.lines)]))
+
+    def show(self, file=None) -> None:  # noqa: ANN001 - click's signature
+        # The items first, the error last: the final line is still ``Error: ...`` naming the thing and the fix.
+        file = file or sys.stderr
+        for line in self.lines:
+            click.echo(f"  {line}", file=file)
+        click.echo(f"Error: {self.header.rstrip(':')} (listed above)", file=file)

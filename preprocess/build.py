@@ -290,7 +290,8 @@ def build_cache(cfg: CacheConfig) -> Path:
     click.echo(format_config(cfg), err=True)
     dataset = open_dataset(cfg.dataset, cfg.split, cfg.data_root)
     identity = build_identity(cfg, dataset)
-    with build_lock(out):  # one build per --out: a second one stops with one line naming this pid
+    part = f".part{cfg.partition}of{cfg.num_partitions}" if cfg.num_partitions > 1 else ""
+    with build_lock(out, part):  # one build per --out (and partition): a second one stops naming this pid
         return _build(cfg, dataset, out, identity)
 
 

@@ -29,14 +29,16 @@ PARENT_POLL_S = 0.25
 _watchdog_started = False
 
 
-def lock_path(out: Path) -> Path:
-    return out.parent / f".{out.name}.lock"
+def lock_path(out: Path, part: str = "") -> Path:
+    return out.parent / f".{out.name}{part}.lock"
 
 
 @contextmanager
-def build_lock(out: Path) -> Iterator[Path]:
-    """Hold the build lock of cache directory ``out`` (UserError naming the holder if it is taken)."""
-    path = lock_path(Path(out))
+def build_lock(out: Path, part: str = "") -> Iterator[Path]:
+    """Hold the build lock of cache directory ``out`` (UserError naming the holder if it is taken).
+    ``part`` names a partition (``--num-partitions``): partitions own disjoint blocks and may build into
+    one directory at once, so each has its own lock; the same partition twice is refused."""
+    path = lock_path(Path(out), part)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:

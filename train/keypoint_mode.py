@@ -38,9 +38,10 @@ def shorter_side(dataset: Any, probes: int = PROBES) -> int | None:
 
 def choose_keypoints(requested: str | None, detector: str, dataset: Any,
                      available: tuple[str, ...] = ("cached", "online")) -> tuple[str, str | None]:
-    """(mode, note): ``requested`` when given; else ``cached``, unless the images are tiny (shorter side
-    under TINY_SIDE px), then ``device`` for FAST where available, else ``online``. The note says why
-    (print it); with an explicit ``cached`` on tiny images it warns instead of overriding."""
+    """(mode, note): ``requested`` when given; else ``device`` for FAST where available (exact, per crop,
+    no cache), else ``cached``, unless the images are tiny (shorter side under TINY_SIDE px): then
+    ``online``. The note says why (print it); with an explicit ``cached`` on tiny images it warns
+    instead of overriding."""
     side = shorter_side(dataset) if dataset is not None else None
     tiny = side is not None and side < TINY_SIDE
     reason = (f"images of {side} px or less (shorter side under {TINY_SIDE} px): a keypoint cache cannot follow "
@@ -50,9 +51,12 @@ def choose_keypoints(requested: str | None, detector: str, dataset: Any,
         if tiny and requested == "cached":
             return requested, f"note: {reason}; --keypoints online (or device for FAST) is faithful for these"
         return requested, None
+    if detector == "fast" and "device" in available:
+        return "device", ("keypoints: device (FAST detected on each crop where the model runs, bit-exact to the "
+                          "original; no cache needed); pass --keypoints cached to train from the FAST cache")
     if not tiny:
         return "cached", None
-    mode = "device" if detector == "fast" and "device" in available else "online"
+    mode = "online"
     return mode, f"keypoints: {mode} (not cached) for {reason}; pass --keypoints cached to use a cache anyway"
 
 

@@ -29,6 +29,7 @@ from .distributed import broadcast_object, main_first, mean_across_ranks
 from .engine import LossSpec, parameters_finite, train_steps
 from .init import INITS
 from .interrupt import EXIT_INTERRUPTED, resume_command, stop_on_signal
+from .keypoint_mode import choose_keypoints
 from .models import MODELS, build_model
 from .observe import MetricsLog, save_grid
 from .recipes import apply_recipe, fit_global_batch
@@ -63,8 +64,9 @@ class PretrainConfig:
     init: str = "hf"  # hf: the original's HuggingFace init (train/init.py); timm: timm's own
     overrides: dict[str, Any] = field(default_factory=dict)
     method: str = "kamim"
-    keypoints: str = "cached"  # cached: a keypoint cache; online: OpenCV per crop in the loader; device: FAST only,
-    # detected on the batch where the model runs with torch ops, bit-exact to online (preprocess/fast_torch.py)
+    keypoints: str = "auto"  # cached: a keypoint cache; online: OpenCV per crop in the loader; device: FAST only,
+    # detected on the batch where the model runs with torch ops, bit-exact to online (preprocess/fast_torch.py);
+    # auto: device for FAST, cached for SIFT/ORB (online for tiny images), cached when --cache is given
     cache: str | None = None
     cache_format: str = "zarr"  # the default cache's format when --cache is not given (zarr or wds)
     detector: str = "fast"
@@ -113,7 +115,8 @@ def validate(cfg: PretrainConfig) -> None:
         (cfg.gray in ("bgr", "rgb"), f"--gray {cfg.gray}: use bgr or rgb"),
         (cfg.init in INITS, f"--init {cfg.init}: use hf (the original's HuggingFace init) or timm"),
         (cfg.detector in ("fast", "sift", "orb"), f"--detector {cfg.detector}: use fast, sift or orb"),
-        (cfg.keypoints in ("cached", "online", "device"), f"--keypoints {cfg.keypoints}: use cached, online or device"),
+        (cfg.keypoints in ("auto", "cached", "online", "device"),
+         f"--keypoints {cfg.keypoints}: use auto, cached, online or device"),
         (cfg.keypoints != "device" or cfg.detector == "fast" or cfg.method == "simmim",
          f"--keypoints device detects FAST only, not {cfg.detector}: use --keypoints online (exact) or cached for "
          f"{cfg.detector}"),
@@ -187,12 +190,15 @@ def run_pretrain(cfg: PretrainConfig) -> Path:
         if path is None:
             raise UserError(f"--resume: {run_dir} has no checkpoints/step-*.pt to continue from")
         checkpoint = load_checkpoint(path)
+        saved_keypoints = checkpoint.get("config", {}).get("keypoints")
+        if cfg.keypoints == "auto" and saved_keypoints in ("cached", "online", "device"):
+            cfg = dataclasses.replace(cfg, keypoints=saved_keypoints)  # what auto resolved to when the run began
         bad = resume_mismatches(checkpoint.get("config", {}), config_dict(cfg))
         if int(checkpoint.get("world", 1)) != device.world:  # the data order and global batch depend on it
             bad["world size (processes)"] = (int(checkpoint.get("world", 1)), device.world)
         if bad:
-            raise UserErrorLines(f"--resume: these settings differ from the checkpoint {path}; give them as the "
-                                 f"run had them (or leave them out):",
+            raise UserErrorLines(f"--resume: these settings differ from the checkpoint {path}: {', '.join(bad)}; give "
+                                 f"them as the run had them (or leave them out):",
                                  [f"{k}: the run had {was}, now {now}" for k, (was, now) in bad.items()])
     cfg = dataclasses.replace(cfg, out=str(run_dir), device=device.kind)  # resolved, as config.json records it
     log = click.echo if device.is_main else (lambda *a, **k: None)
@@ -200,8 +206,16 @@ def run_pretrain(cfg: PretrainConfig) -> Path:
     from kamim.datasets import open_dataset
 
     mode = "simmim" if cfg.method == "simmim" else cfg.keypoints
+    if mode == "auto" and (cfg.cache or cfg.cache_format == "wds"):
+        mode = "cached"  # a cache named (or a wds stream asked for): train from it
     streamed = mode == "cached" and is_wds_cache(cfg)  # self-contained shards: no dataset needed
     dataset = None if streamed else open_dataset(cfg.dataset, cfg.split, cfg.data_root)
+    if cfg.method == "kamim":
+        mode, note = choose_keypoints(None if mode == "auto" else mode, cfg.detector, dataset,
+                                      available=("cached", "online", "device"))
+        if note:
+            log(note, err=True)
+        cfg = dataclasses.replace(cfg, keypoints=mode)  # resolved, as config.json records it
     with main_first(device):  # rank 0 builds a missing cache; the others then open it
         cache = open_training_cache(cfg, dataset, log) if mode == "cached" else None
     if cache is not None:

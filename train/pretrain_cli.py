@@ -11,17 +11,19 @@ from .recipes import PRETRAIN_RECIPES  # no torch: flags are checked before the 
 @click.command("pretrain")
 @click.option("--recipe", default="kamim", show_default=True, type=click.Choice(list(PRETRAIN_RECIPES)),
               help="kamim: the defaults shown here (a small, fast start). original: the original's ViT-B run (vit_b, "
-                   "global batch 2048, 110 epochs, bf16, online FAST w_ps 8 T 0.25); flags you give still win.")
+                   "global batch 2048, 110 epochs, bf16, per-crop FAST w_ps 8 T 0.25); flags you give still win.")
 @click.option("--model", default="vit_t", show_default=True, help=f"One of {', '.join(MODEL_NAMES)}.")
 @click.option("--init", default="hf", show_default=True, type=click.Choice(list(INITS)),
               help="hf: initialise as the original's HuggingFace models; timm: timm's own init.")
 @click.option("--override", multiple=True, metavar="NAME=INT[,INT..]",
               help="Model size override for small experiments: depth, embed_dim, num_heads, depths.")
 @click.option("--method", default="kamim", show_default=True, help="kamim or simmim.")
-@click.option("--keypoints", default="cached", show_default=True,
-              help="cached, online or device. cached: points from the keypoint cache, rastered on the device; online: the "
-                   "original (detect on every augmented crop in the loader); device: FAST only, detected on the batch "
-                   "where the model runs (torch ops, bit-exact to online; no cache, no loader cost).")
+@click.option("--keypoints", default="auto", show_default=True,
+              help="auto, cached, online or device. cached: points from the keypoint cache, rastered on the device; "
+                   "online: the original (detect on every augmented crop in the loader); device: FAST only, detected on "
+                   "the batch where the model runs (torch ops, bit-exact to online; no cache, no loader cost). auto: "
+                   "device for FAST, cached for SIFT/ORB (online for images under 96 px), cached when --cache is given "
+                   "or --cache-format is wds.")
 @click.option("--cache", default=None, help="Keypoint cache dir (default: where `kamim cache` writes; built if absent).")
 @click.option("--cache-format", default="zarr", show_default=True, type=click.Choice(["zarr", "wds"]),
               help="Without --cache: read (or build) the default cache of this format, as `kamim cache --format`.")
@@ -78,7 +80,7 @@ def pretrain(ctx: click.Context, **options) -> None:  # noqa: ANN003
     \b
     Always as the original: RandomResizedCrop(0.67-1) + v/h flips, 32-px masks at 0.6, AdamW (wd on
     every parameter), warmup + cosine. The defaults (--recipe kamim) are a small, fast start: vit_t,
-    effective batch 64 (= batch-size x accumulation x processes), cached keypoints. --recipe original
+    effective batch 64 (= batch-size x accumulation x processes), keypoints auto. --recipe original
     gives the original's ViT-B run: global batch 2048, 110 epochs, bf16, FAST per crop. The run dir
     gets config.json, metrics.jsonl, checkpoints/, grids/ and, at the end, model.safetensors + model.json.
 

@@ -5,7 +5,7 @@ cached keypoints). ``original`` is the original's ViT-B pretraining (reference/o
 sections 1-3): effective batch 2048 over every process (1024 x 2 accumulation on one device), 110 epochs
 (a 10-epoch warmup overlapping a 100-epoch cosine, then lr_min), AdamW 8e-4 with weight decay 0.05 on
 every parameter, warmup from 1e-6, lr_min 1e-5, clip 1.0, bf16 autocast, FAST keypoints detected on
-every crop, w_ps 8, T 0.25, HF init. Flags given explicitly always win, and the run says which did.
+every crop (bit-exact, on the device: ``--keypoints device``), w_ps 8, T 0.25, HF init. Flags given explicitly always win, and the run says which did.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ ORIGINAL_GLOBAL_BATCH = 2048
 PRETRAIN_RECIPES: dict[str, dict[str, Any]] = {
     "kamim": {},  # the defaults of PretrainConfig / the click options
     "original": {
-        "model": "vit_b", "method": "kamim", "detector": "fast", "keypoints": "online", "gray": "bgr",
+        "model": "vit_b", "method": "kamim", "detector": "fast", "keypoints": "device", "gray": "bgr",
         "weight_ps": 8, "temperature": 0.25, "init": "hf", "precision": "bf16",
         "global_batch": ORIGINAL_GLOBAL_BATCH, "batch_size": 1024, "epochs": 110, "steps": None,
         "warmup_steps": None, "lr": 8e-4, "weight_decay": 0.05, "warmup_lr": 1e-6, "min_lr": 1e-5,

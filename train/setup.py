@@ -12,10 +12,7 @@ from kamim.config import config_dict
 from kamim.errors import UserError, UserErrorLines
 from kamim.paths import default_cache_dir
 
-from .keypoint_mode import (
-    choose_keypoints,  # noqa: F401 - the keypoint-mode rule for tiny images (pretrain wires it)
-    plain_cache_note,
-)
+from .keypoint_mode import plain_cache_note
 
 # Settings that may change between a run and its resume; everything else must match. --steps/--epochs
 # extend (or shorten) a run: the restored scheduler keeps the original cosine, so extra steps run at --min-lr.
@@ -64,6 +61,8 @@ def resume_config(cfg: Any, given: set[str]) -> Any:
     try:
         saved = json.loads(path.read_text())
     except FileNotFoundError:
+        if any((Path(cfg.out) / "checkpoints").glob("step-*.pt")):
+            return cfg  # config.json lost: the checkpoint's own config is compared with the flags instead
         raise UserError(f"--resume: {path} not found; is {cfg.out} a kamim pretrain run dir?") from None
     except (OSError, ValueError) as error:
         raise UserError(f"--resume: {path} is unreadable ({error}); restore it or start a new --out") from None
@@ -71,8 +70,10 @@ def resume_config(cfg: Any, given: set[str]) -> Any:
     conflicts = [f"{option_flag(k)} {_shown(now[k])}: the run used {_shown(saved[k])}; drop {option_flag(k)}"
                  for k in sorted(given) if k in saved and k not in RESUMABLE_CHANGES and saved[k] != now[k]]
     if conflicts:
-        raise UserErrorLines(f"--resume: {len(conflicts)} flag(s) differ from the run in {cfg.out} (its config.json); "
-                             f"drop them to continue the run as it was:", conflicts)
+        flags = ", ".join(option_flag(k) for k in sorted(given) if k in saved and k not in RESUMABLE_CHANGES
+                          and saved[k] != now[k])
+        raise UserErrorLines(f"--resume: {len(conflicts)} flag(s) differ from the run in {cfg.out} (its config.json): "
+                             f"{flags}; drop them to continue the run as it was:", conflicts)
     carried = {k: _decoded(v) for k, v in saved.items()
                if k in now and k not in given and k not in RESUME_NOT_CARRIED}
     if "epochs" in given and "steps" not in given:

@@ -34,8 +34,8 @@ def test_info_shows_counts_keypoint_stats_errors_and_size(built):
 
 
 def test_missing_options_and_non_caches_are_one_line_user_errors(tmp_path):
-    result = CliRunner().invoke(main, ["cache", "--dataset", "photos"])
-    assert result.exit_code == 2 and "needs --dataset and --detector" in result.output
+    result = CliRunner().invoke(main, ["cache"])  # --detector defaults to fast, as in pretrain
+    assert result.exit_code == 2 and "needs --dataset" in result.output
     result = CliRunner().invoke(main, ["cache", "info", str(tmp_path)])
     assert result.exit_code == 2 and "not a kamim cache" in result.output
     result = CliRunner().invoke(main, ["cache", "finalize", str(tmp_path)])

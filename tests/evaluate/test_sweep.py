@@ -13,6 +13,7 @@ from kamim.evaluate.sweep import Point, SweepConfig, pretrain_config, run_sweep
 from kamim.paths import default_cache_dir
 
 TINY_PRETRAIN = {"model": "vit_t", "overrides": {"depth": 1, "embed_dim": 32, "num_heads": 2}, "dataset": "folder",
+                 "keypoints": "cached",  # one shared cache per detector (auto would detect FAST on the device)
                  "steps": 2, "batch_size": 4, "workers": 0, "device": "cpu", "grid_every": 0, "save_every": 1}
 TINY_PROBE = {"layer": 1, "epochs": 3, "batch_size": 8, "workers": 0, "warmup_epochs": 1}
 

@@ -105,7 +105,7 @@ def test_resume_with_a_different_model_is_refused(data, tmp_path):
     out = tmp_path / "run"
     assert invoke_kamim(*pretrain_args(data, out, "--stop-after", "1")).returncode == 0
     wider = [a.replace("embed_dim=32", "embed_dim=64") for a in pretrain_args(data, out, "--resume")]
-    assert_one_line_error(invoke_kamim(*wider), "differ", "overrides")
+    assert_one_line_error(invoke_kamim(*wider), "differ", "--override")
     assert_one_line_error(invoke_kamim(*pretrain_args(data, out)), "--resume")  # would overwrite a run
 
 

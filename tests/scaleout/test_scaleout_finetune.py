@@ -26,8 +26,9 @@ def test_two_rank_finetune_trains_and_writes_once(tmp_path):  # noqa: ANN001
                         "--out", str(out)], tmp_path, nproc=2)
     saved = json.loads((out / "finetune.json").read_text())
     assert len(saved["history"]) == 2 and 0.0 <= saved["top1"] <= 100.0
-    assert result.stdout.count("FinetuneConfig") == 1 and result.stdout.count("finetune: top-1") == 1
+    assert result.stderr.count("FinetuneConfig") == 1 and result.stdout.count("finetune: top-1") == 1  # config: stderr
     before = model.encoder.blocks[0].attn.qkv.weight
     after = load_file(str(out / "finetuned.safetensors"))["encoder.blocks.0.attn.qkv.weight"]
     assert not torch.allclose(before, after)
-    assert sorted(p.name for p in out.iterdir()) == ["finetune.json", "finetune_config.json", "finetuned.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "finetune.json", "finetune_config.json",
+                                                         "finetuned.safetensors"]

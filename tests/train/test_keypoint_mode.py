@@ -8,7 +8,6 @@ from PIL import Image
 
 from kamim.datasets import open_dataset
 from kamim.train.keypoint_mode import TINY_SIDE, choose_keypoints, shorter_side
-from kamim.train.setup import choose_keypoints as from_setup
 
 
 def _folder(root: Path, side: int) -> Path:
@@ -32,13 +31,17 @@ def test_tiny_images_default_to_online_or_device_and_say_why(tmp_path):
     assert choose_keypoints(None, "orb", tiny, ("cached", "online", "device"))[0] == "online"
     kept, warning = choose_keypoints("cached", "fast", tiny)  # an explicit choice is kept, with a note
     assert kept == "cached" and warning.startswith("note:")
-    assert from_setup is choose_keypoints
 
 
-def test_photo_sized_images_keep_the_cache(tmp_path):
+def test_photo_sized_images_keep_the_cache_and_fast_goes_to_the_device(tmp_path):
     photos = open_dataset("folder", "train", str(_folder(tmp_path / "big", TINY_SIDE)))
     assert shorter_side(photos) == TINY_SIDE
-    assert choose_keypoints(None, "fast", photos, ("cached", "online", "device")) == ("cached", None)
+    assert choose_keypoints(None, "sift", photos, ("cached", "online", "device")) == ("cached", None)
+    assert choose_keypoints(None, "orb", photos, ("cached", "online", "device")) == ("cached", None)
+    mode, note = choose_keypoints(None, "fast", photos, ("cached", "online", "device"))
+    assert mode == "device" and "--keypoints cached" in note  # exact FAST, no cache to build
+    assert choose_keypoints(None, "fast", photos) == ("cached", None)  # where device is not offered
+    assert choose_keypoints("cached", "fast", photos) == ("cached", None)  # an explicit choice is kept
     assert choose_keypoints("online", "sift", photos) == ("online", None)
     assert np.isscalar(shorter_side(photos))
 

@@ -133,7 +133,7 @@ def test_cache_that_does_not_match_the_dataset_is_refused(folder, tmp_path):
 
 def test_missing_default_cache_is_built_first(folder, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("KAMIM_CACHE_ROOT", str(tmp_path / "caches"))
-    run = run_pretrain(tiny(folder, tmp_path, "auto", cache=None, steps=1))
+    run = run_pretrain(tiny(folder, tmp_path, "auto", cache=None, steps=1, keypoints="cached"))
     expected = default_cache_dir("folder", "train", "fast", 128, root=tmp_path / "caches", data_root=folder[0])
     assert expected.name.startswith("folder-train-fast-128-")  # tagged with the data root it was read from
     assert (expected / "manifest.json").is_file() and (run / "model.safetensors").is_file()

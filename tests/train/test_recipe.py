@@ -26,12 +26,12 @@ def test_the_defaults_are_the_documented_kamim_defaults():
     assert cfg.recipe == "kamim" and cfg.model == "vit_t" and cfg.init == "hf"
     assert cfg.batch_size * cfg.accumulation == 64  # the effective batch on one device: not 2048
     assert (cfg.lr, cfg.weight_decay, cfg.warmup_lr, cfg.min_lr, cfg.clip_grad) == (8e-4, 0.05, 1e-6, 1e-5, 1.0)
-    assert (cfg.keypoints, cfg.precision, cfg.epochs, cfg.steps) == ("cached", "auto", None, None)
+    assert (cfg.keypoints, cfg.precision, cfg.epochs, cfg.steps) == ("auto", "auto", None, None)
 
 
 def test_recipe_original_sets_the_originals_values():
     cfg = parsed("--recipe", "original")
-    assert (cfg.model, cfg.init, cfg.precision, cfg.keypoints, cfg.detector) == ("vit_b", "hf", "bf16", "online", "fast")
+    assert (cfg.model, cfg.init, cfg.precision, cfg.keypoints, cfg.detector) == ("vit_b", "hf", "bf16", "device", "fast")
     assert (cfg.weight_ps, cfg.temperature, cfg.epochs, cfg.steps, cfg.warmup_steps) == (8, 0.25, 110, None, None)
     assert (cfg.lr, cfg.weight_decay, cfg.warmup_lr, cfg.min_lr, cfg.clip_grad) == (8e-4, 0.05, 1e-6, 1e-5, 1.0)
     one = fit_global_batch(cfg, world=1)
@@ -70,7 +70,7 @@ def test_recipe_original_runs_and_resumes_with_its_values(tmp_path):
     assert "effective batch 4 = 2 x 2 accumulation x 1 rank(s)" in first.output
     saved = json.loads((run / "config.json").read_text())
     assert (saved["model"], saved["overrides"]["embed_dim"], saved["keypoints"], saved["precision"]) == (
-        "vit_b", 32, "online", "bf16")
+        "vit_b", 32, "device", "bf16")
     assert (saved["batch_size"], saved["accumulation"], saved["global_batch"], saved["recipe"]) == (2, 2, 4, "original")
     again = CliRunner().invoke(pretrain, [*args, "--resume"])  # the same recipe resolves to the same settings
     assert again.exit_code == 0, again.output
