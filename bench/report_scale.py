@@ -14,7 +14,7 @@ def scale_lines(records: dict[str, dict], chart: Path | None) -> list[str]:
     if "scale" in records:
         rec = records["scale"]
         out += ["", "Cache scale (synthetic caches written by the project's writer, read through the reader's "
-                "memory-mapped flat file by real DataLoader workers; `python -m bench.scale`):", "",
+                "derived flat file by real DataLoader workers; `python -m bench.scale`):", "",
                 "| detector | N | zarr B/image | flat file MiB | flat build CPU s | workers | points(i) us | "
                 "+ crop_points us (median / p90) | open s (max) | anon MiB / PSS MiB added per worker | "
                 "kamim-cached/simmim |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]

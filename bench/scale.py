@@ -3,7 +3,7 @@ ratio kamim-cached / simmim, against the number of images N in the cache (2 k ..
 
 Synthetic caches (bench/scale_data.py: written by kamim.cache.zarr_store.write_zarr, FAST-like Poisson(1,400)
 and SIFT-like Poisson(400) points per image) are read through the real reader (kamim.cache.open_cache: the
-derived flat file, memory-mapped) by real DataLoader workers (forkserver, as `kamim pretrain` starts them):
+derived flat file) by real DataLoader workers (forkserver, as `kamim pretrain` starts them):
 - keypoint cost: ``points(i)`` + ``train.augment.crop_points`` per sample in random order, timed inside the
   worker (thread CPU time, so 8 workers on 2 cores measure cost, not waiting), median and p90;
 - open: the first call in each worker (header, store key, crc32c of offsets/scale/status);

@@ -1,10 +1,10 @@
-"""The derived flat points file: a zarr cache's points decoded once, memory-mapped by every reader.
+"""The derived flat points file: a zarr cache's points decoded once, shared by every reader via the page cache.
 
 Why: a zarr read costs about a millisecond per image and decoding the delta codes a few tens of
 microseconds, and holding a decoded copy per DataLoader worker costs gigabytes at ImageNet scale. The
 flat file holds each image's absolute quantised positions (uint16: its x codes, then its y codes), so
-``points(i)`` is a slice plus one multiply-add per column, the same cost at any N, and the OS page
-cache shares the pages between all workers.
+``points(i)`` is one ``pread`` of those bytes, a crc32c check and one multiply-add per column, the same
+cost at any N; the small arrays are memory-mapped; the OS page cache holds the file once for all workers.
 
 Layout (one file, written to a unique temp name and renamed into place, so a reader never sees a
 partial file and two builders cannot corrupt each other): a 4 KiB header (magic, JSON, crc32c of the

@@ -10,7 +10,7 @@ Caches written before the checksums are still read (a note says they are unprote
 
 Fork safety: zarr-python 3 does its I/O on a background asyncio thread, and a process forked after
 that thread started can deadlock. The reader therefore never opens zarr in its own process: the flat
-file is built by a child process (``python -m kamim.cache.flat``) and then memory-mapped.
+file is built by a child process (``python -m kamim.cache.flat``) and then read (mmap + pread).
 """
 
 from __future__ import annotations
@@ -215,7 +215,7 @@ def verified_store(path: str | os.PathLike, manifest: dict | None = None) -> Ver
 class ZarrCache:
     """Random access to a zarr keypoint cache: ``points(i)`` in source-image pixel coordinates.
 
-    Reads go to the derived flat file (kamim.cache.flat), memory-mapped once per process and shared
+    Reads go to the derived flat file (kamim.cache.flat), opened once per process and shared
     through the page cache: the cost per sample and per worker is the same at any dataset size.
     """
 
