@@ -10,9 +10,10 @@ from pathlib import Path
 import click
 
 from .common import REPO, results_dir
+from .report_scale import scale_chart, scale_lines
 
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
-ORDER = ("loader", "step", "build", "fidelity", "wds_vs_folder", "gpu")
+ORDER = ("loader", "step", "build", "fidelity", "wds_vs_folder", "wds_stream", "scale", "gpu")
 
 
 def load(folder: Path) -> dict[str, dict]:
@@ -116,6 +117,12 @@ def detail_tables(records: dict[str, dict]) -> list[str]:
     return out
 
 
+def scale_chart_path(records: dict[str, dict]) -> Path | None:
+    """bench/results[/quick]/scale.png, drawn from scale.json (None without it)."""
+    quick = any(r.get("quick") for r in records.values())
+    return scale_chart(records, results_dir(quick) / "scale.png")
+
+
 def section(records: dict[str, dict], chart: Path | None) -> str:
     if not records:
         return "No benchmark results yet: run `make bench`."
@@ -127,6 +134,7 @@ def section(records: dict[str, dict], chart: Path | None) -> str:
              "busy machine slows both sides alike; absolute figures are for context.",
              "", f"Machine: {machine_line(first)}." + (" **Quick mode: small, noisy samples.**" if quick else ""),
              "", *targets_table(records), *detail_tables(records)]
+    lines += scale_lines(records, scale_chart_path(records))
     if chart is not None:
         lines += ["", f"![benchmark ratios]({chart.relative_to(REPO).as_posix()})"]
     return "\n".join(lines)
