@@ -170,11 +170,11 @@ def loader_ratio(cache_dir, detector: str, cfg: ScaleBenchConfig) -> dict:  # no
 class ScaleBenchConfig:
     quick: bool = False
     sizes: tuple[int, ...] = (2_000, 20_000, 200_000, 300_000)
-    detectors: tuple[str, ...] = ("fast", "sift")
+    detectors: tuple[str, ...] = ("fast",)  # --detectors fast,sift adds SIFT-like caches (first run writes them)
     worker_counts: tuple[int, ...] = (2, 8)
-    samples: int = 4_000  # keypoint samples per (N, detector, workers)
+    samples: int = 2_000  # keypoint samples per (N, detector, workers)
     ratio_detectors: tuple[str, ...] = ("fast",)
-    ratio_min_n: int = 0  # measure the loader ratio only from this N up
+    ratio_min_n: int = 200_000  # measure the loader ratio only from this N up (the target's range)
     merge: bool = False  # keep the other N of an earlier scale.json (measure a few N at a time)
     ratio_source: str = "large"  # large: ImageNet-sized JPEGs (bench/large_photos.py); photos: 224 px
     ratio_workers: int = 0  # 0: all cores
@@ -250,6 +250,7 @@ def config(quick: bool = False) -> ScaleBenchConfig:
     cfg = ScaleBenchConfig(quick=quick)
     if quick:
         cfg.sizes, cfg.worker_counts, cfg.samples, cfg.ratio_repetitions = (2_000, 20_000), (2,), 1_000, 2
+        cfg.ratio_min_n = 20_000
         cfg.ratio_batches, cfg.ratio_skip = 6, 2
     return cfg
 
@@ -257,9 +258,9 @@ def config(quick: bool = False) -> ScaleBenchConfig:
 @click.command()
 @click.option("--quick", is_flag=True, help="N = 2k and 20k, 2 workers, fewer samples: checks it works.")
 @click.option("--sizes", help="Comma-separated N list (default 2000,20000,200000,300000).")
-@click.option("--detectors", help="Comma-separated: fast,sift (default both).")
+@click.option("--detectors", help="Comma-separated: fast,sift (default fast).")
 @click.option("--workers", help="Comma-separated loader worker counts (default 2,8).")
-@click.option("--samples", type=int, help="Keypoint samples per (N, workers) (default 4000).")
+@click.option("--samples", type=int, help="Keypoint samples per (N, workers) (default 2000).")
 @click.option("--ratio-min-n", type=int, help="Measure the loader ratio only for N at or above this.")
 @click.option("--ratio-source", type=click.Choice(["large", "photos"]), help="Real images for the loader ratio.")
 @click.option("--merge", is_flag=True, help="Keep the other N already in scale.json (measure a few N at a time).")
