@@ -140,14 +140,6 @@ def section(records: dict[str, dict], chart: Path | None) -> str:
     return "\n".join(lines)
 
 
-def chart(records: dict[str, dict], path: Path) -> Path | None:
-    """One bar per ratio that has a target, as its margin over the target (value/target for '>=',
-    target/value for '<='): right of the line at 1 is met. Each bar is labelled with the value itself."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
 def distinct(value: float, target: float) -> str:
     """``value`` with enough digits to differ from ``target`` when it does (1.031 vs 1.03, not "1.03"), so
     a label never reads as the target while its bar says otherwise. Met/not met is decided unrounded."""
@@ -157,6 +149,14 @@ def distinct(value: float, target: float) -> str:
             return text
     return f"{value:.8g}"
 
+
+def chart(records: dict[str, dict], path: Path) -> Path | None:
+    """One bar per ratio that has a target, as its margin over the target (value/target for '>=',
+    target/value for '<='): right of the line at 1 is met. Each bar is labelled with the value itself."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
 
     rows = [r for rec in records.values() for r in rec.get("ratios", []) if r["target"] is not None]
     if not rows:
