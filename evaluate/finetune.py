@@ -190,7 +190,9 @@ def run_finetune(config: FinetuneConfig) -> dict:
                                                                   best, history, metrics, train_loss)),
                             keep=config.keep_checkpoints)
     result = {
-        "top1": metrics["top1"], "top5": metrics["top5"], "best_top1": best, "val_loss": metrics["loss"],
+        # top-5 of 5 or fewer classes is 100% by construction: not reported (as linprobe)
+        "top1": metrics["top1"], "top5": metrics["top5"] if num_classes > 5 else None, "best_top1": best,
+        "val_loss": metrics["loss"],
         "epochs": config.epochs, "recipe": config.recipe, "layer_decay": config.layer_decay, "num_classes": num_classes,
         "checkpoint": str(checkpoint), "model": info.get("model"), "dataset": config.dataset,
         "seconds": time.perf_counter() - start, "history": history,
@@ -201,6 +203,7 @@ def run_finetune(config: FinetuneConfig) -> dict:
     refuse_non_finite(weights, out_dir / "finetuned.safetensors")
     write_safetensors(weights, out_dir / "finetuned.safetensors", hint="free disk space and rerun with --resume")
     write_json(out_dir / "finetune.json", result)
-    print(f"finetune: top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  (best top-1 {best:.2f}%) "
+    top5 = f"{result['top5']:.2f}%" if result["top5"] is not None else f"n/a ({num_classes} classes)"
+    print(f"finetune: top-1 {result['top1']:.2f}%  top-5 {top5}  (best top-1 {best:.2f}%) "
           f"-> {out_dir / 'finetune.json'}", flush=True)
     return result

@@ -66,10 +66,10 @@ def test_conflicting_flags_are_listed_one_per_line_and_allowed_ones_pass(folder,
     result = CliRunner().invoke(pretrain, ["--out", str(run), "--resume", "--lr", "1e-3", "--batch-size", "4",
                                            "--steps", "5", "--workers", "0", "--stop-after", "2"])
     assert result.exit_code == 2
-    lines = result.output.strip().splitlines()
-    assert "2 flag(s) differ" in lines[0]
-    assert any(re.search(r"--batch-size 4: the run used 2; drop --batch-size", line) for line in lines[1:])
-    assert any(re.search(r"--lr 0.001: the run used 0.0005; drop --lr", line) for line in lines[1:])
+    lines = result.output.strip().splitlines()  # the items, then one Error: line naming the flags
+    assert lines[-1].startswith("Error:") and "2 flag(s) differ" in lines[-1] and "--batch-size, --lr" in lines[-1]
+    assert any(re.search(r"--batch-size 4: the run used 2; drop --batch-size", line) for line in lines[:-1])
+    assert any(re.search(r"--lr 0.001: the run used 0.0005; drop --lr", line) for line in lines[:-1])
     assert not any("--steps" in line or "--workers" in line for line in lines)  # allowed to change
     extended = CliRunner().invoke(pretrain, ["--out", str(run), "--resume", "--steps", "5", "--stop-after", "2"])
     assert extended.exit_code == 0, extended.output
