@@ -9,11 +9,10 @@ import json
 
 import pytest
 import torch
-from train_helpers import TINY_VIT_OVERRIDES, make_folder
+from train_helpers import TINY_VIT_OVERRIDES
 
 from kamim.datasets import open_dataset
 from kamim.errors import UserError
-from kamim.preprocess.build import CacheConfig, build_cache
 from kamim.train.checkpoint import latest_checkpoint, load_checkpoint
 from kamim.train.compile import adamw, check_compile, restore_optimizer_impl
 from kamim.train.data import PretrainSamples, collate
@@ -26,14 +25,6 @@ from kamim.train.pretrain import PretrainConfig, run_pretrain
 # the last bits may differ; measured here: loss identical, gradients within 4e-7 of their largest entry.
 LOSS_RTOL = 1e-5
 GRAD_ATOL = 1e-5  # on gradients scaled by their largest entry
-
-
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    root = make_folder(tmp_path_factory.mktemp("data"), count=8)
-    cache = build_cache(CacheConfig(dataset="folder", data_root=str(root), detector="fast", detect_size=128,
-                                    workers=1, out=str(root / "cache.zarr")))
-    return root, cache
 
 
 def losses(run_dir) -> list[float]:  # noqa: ANN001

@@ -13,7 +13,6 @@ from train_helpers import TINY_VIT_OVERRIDES, make_folder
 from kamim.datasets import open_dataset
 from kamim.errors import UserError
 from kamim.paths import default_cache_dir
-from kamim.preprocess.build import CacheConfig, build_cache
 from kamim.train.checkpoint import load_pretrained
 from kamim.train.data import PretrainSamples, collate
 from kamim.train.device import resolve_device
@@ -21,14 +20,6 @@ from kamim.train.engine import LossSpec, micro_batch
 from kamim.train.models import build_model
 from kamim.train.pretrain import PretrainConfig, run_pretrain
 from kamim.train.pretrain_cli import pretrain
-
-
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    root = make_folder(tmp_path_factory.mktemp("data"), count=8)
-    cache = build_cache(CacheConfig(dataset="folder", data_root=str(root), detector="fast", detect_size=128,
-                                    workers=1, out=str(root / "cache.zarr")))
-    return root, cache
 
 
 def tiny(folder, tmp_path, name: str, **changes) -> PretrainConfig:

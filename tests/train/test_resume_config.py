@@ -12,22 +12,12 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 from click.testing import CliRunner
-from train_helpers import TINY_VIT, make_folder
+from train_helpers import TINY_VIT
 
-from kamim.preprocess.build import CacheConfig, build_cache
 from kamim.train.pretrain_cli import pretrain
 
 VENV_BIN = Path(sys.executable).parent
-
-
-@pytest.fixture(scope="module")
-def folder(tmp_path_factory):
-    root = make_folder(tmp_path_factory.mktemp("data"), count=8)
-    cache = build_cache(CacheConfig(dataset="folder", data_root=str(root), detector="fast", detect_size=128,
-                                    workers=1, out=str(root / "cache.zarr")))
-    return root, cache
 
 
 def first_args(folder, run: Path, *extra: str) -> list[str]:
