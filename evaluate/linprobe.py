@@ -130,7 +130,7 @@ def cached_features(encoder, dataset, config: LinprobeConfig, img_size: int, dev
     path = out_dir / "features" / f"{dataset.split}-{feature_key(encoder, fields)}.safetensors"
     cached = load_features(path)
     if cached is not None:
-        print(f"linprobe: reusing {dataset.split} features {path}", flush=True)
+        print(f"linprobe: reusing {dataset.split} features {path}", file=sys.stderr, flush=True)  # progress: stderr
         return cached["features"], cached["labels"], True
     features, labels = extract_features(encoder, dataset, config.layer, config.pool, img_size, config.resize,
                                         config.feature_batch_size, config.workers, device, desc=dataset.split,

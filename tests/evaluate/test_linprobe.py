@@ -71,7 +71,7 @@ def test_fast_probe_learns_toy_task_and_reuses_features(toy, capsys):
     stamps = [os.stat(p).st_mtime_ns for p in cached]
     time.sleep(0.01)
     again = run_linprobe(probe_config(data, run, bn=True))
-    assert "reusing train features" in capsys.readouterr().out
+    assert "reusing train features" in capsys.readouterr().err  # progress goes to stderr, results to stdout
     assert [os.stat(p).st_mtime_ns for p in cached] == stamps
     assert again["timing"]["features_reused"] is True and again["top1"] >= 90.0
     # another layer is another key: extracted anew, never confused with layer 1
