@@ -63,7 +63,7 @@ def resume_state(out_dir: Path, config: Any) -> dict[str, Any] | None:
 def training_state(model, optimizer, schedule, config: Any, epoch: int, step: int, best: float,  # noqa: ANN001
                    history: list[dict], metrics: dict, train_loss: float) -> dict[str, Any]:
     """Everything a resume needs, after ``epoch`` epochs (``step`` optimiser steps)."""
-    from kamim.train.pretrain import rng_states
+    from kamim.train.rng import rng_states
 
     return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "schedule": schedule.state_dict(),
             "rng": rng_states(), "epoch": epoch, "step": step, "best": best, "history": history,
@@ -73,7 +73,7 @@ def training_state(model, optimizer, schedule, config: Any, epoch: int, step: in
 def restore(state: dict[str, Any], model, optimizer, schedule) -> tuple[int, int, float, list[dict], dict, float]:  # noqa: ANN001
     """Load ``state`` into the model, optimiser and schedule and restore the RNGs; returns
     (epoch, step, best, history, metrics, train_loss)."""
-    from kamim.train.pretrain import restore_rng_states
+    from kamim.train.rng import restore_rng_states
 
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])

@@ -6,7 +6,6 @@ import contextlib
 import dataclasses
 import math
 import os
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +32,7 @@ from .keypoint_mode import choose_keypoints
 from .models import MODELS, build_model
 from .observe import MetricsLog, save_grid
 from .recipes import apply_recipe, fit_global_batch
+from .rng import restore_rng_states, rng_states
 from .setup import (
     check_resume_data,
     data_fingerprints,
@@ -150,26 +150,6 @@ def schedule_lengths(cfg: PretrainConfig, batches_per_epoch: int) -> tuple[int, 
     total = cfg.steps if cfg.steps is not None else max(1, round((cfg.epochs or 110) * steps_per_epoch))
     warmup = cfg.warmup_steps if cfg.warmup_steps is not None else round(total * WARMUP_FRACTION)
     return total, warmup, max(1, round(total * COSINE_FRACTION))
-
-
-def rng_states() -> dict[str, Any]:
-    version, state, gauss = random.getstate()
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    states = {"python": [version, list(state), gauss], "numpy": [name, keys.tolist(), pos, has_gauss, cached],
-              "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    return states
-
-
-def restore_rng_states(states: dict[str, Any]) -> None:
-    version, state, gauss = states["python"]
-    random.setstate((version, tuple(state), gauss))
-    name, keys, pos, has_gauss, cached = states["numpy"]
-    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(states["torch"])
-    if "cuda" in states and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
 
 
 def run_pretrain(cfg: PretrainConfig) -> Path:
