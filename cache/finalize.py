@@ -86,8 +86,9 @@ def finalize(out: str | os.PathLike) -> Path:
         if build.get("point_attrs"):  # a selection cache (kamim.cache.select): attributes beside the points
             from kamim.cache.attrs_store import ATTRS_FILE, write_attrs
 
-            count = write_attrs(out, (read_block(parts, i) for i in range(num_blocks)), int(counts_all.sum()))
-            manifest["point_attrs"] = {**build["point_attrs"], "count": count}
+            count, crc32c = write_attrs(out, (read_block(parts, i) for i in range(num_blocks)),
+                                        int(counts_all.sum()))
+            manifest["point_attrs"] = {**build["point_attrs"], "count": count, "crc32c": crc32c}
             manifest["arrays"][ATTRS_FILE] = "uint16 [M] per-point attributes in points order (kamim.cache.select)"
     else:
         block_ok = [int((s == STATUS_OK).sum()) for s in statuses]

@@ -138,3 +138,20 @@ def test_selection_caches_shrink_without_antialiasing_like_the_crop():
     assert not np.array_equal(aliased, canonical_resize(image, 200)[0])  # the plain cache: INTER_AREA
     codes, attrs, _ = detect_canonical_selected(image, "sift", "bgr", 200, 16)
     assert len(codes) == len(attrs) == len(detect_with_attributes(aliased, "sift")[0])
+
+
+@pytest.mark.parametrize("name", [ATTRS_FILE, "point-attrs-offsets.npy", "point-attrs-crc.npy"])
+def test_a_damaged_attribute_file_is_one_line_naming_it_never_a_different_selection(folder, tmp_path, name):
+    from kamim.errors import UserError
+
+    out = build_cache(CacheConfig(dataset="folder", data_root=str(folder), detector="sift", workers=1,
+                                  out=str(tmp_path / "sift")))
+    clean = [open_point_attrs(open_cache(out)).attrs(i).copy() for i in range(len(open_cache(out)))]
+    target = out / name
+    data = bytearray(target.read_bytes())
+    data[-3] ^= 0x10  # one bit in the array's data (past the .npy header)
+    target.write_bytes(bytes(data))
+    attrs = open_point_attrs(open_cache(out))
+    with pytest.raises(UserError, match=r"point-attrs"):
+        for i, expected in enumerate(clean):
+            assert np.array_equal(attrs.attrs(i), expected)  # never silently different
