@@ -56,6 +56,13 @@ def stop_on_signal(announce: bool = True) -> Iterator[StopRequest]:
             signal.signal(sig, old)
 
 
+def ignore_interrupts(worker_id: int = 0) -> None:
+    """DataLoader ``worker_init_fn``: Ctrl-C at a terminal reaches the whole process group, and a loader
+    worker that took it would exit (torch's worker loop swallows KeyboardInterrupt) while the main process
+    still needs its prefetched batches to finish the step it checkpoints. The main process decides."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def resume_command(run_dir: str | Path) -> str:
     """The command that continues ``run_dir`` exactly (its config.json supplies every other flag)."""
     return f"kamim pretrain --out {shlex.quote(str(run_dir))} --resume"

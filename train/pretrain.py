@@ -27,7 +27,7 @@ from .device import Device, resolve_device, to_host
 from .distributed import broadcast_object, main_first, mean_across_ranks
 from .engine import LossSpec, parameters_finite, train_steps
 from .init import INITS
-from .interrupt import EXIT_INTERRUPTED, resume_command, stop_on_signal
+from .interrupt import EXIT_INTERRUPTED, ignore_interrupts, resume_command, stop_on_signal
 from .keypoint_mode import choose_keypoints
 from .models import MODELS, build_model
 from .observe import MetricsLog, save_grid
@@ -262,6 +262,7 @@ def run_pretrain(cfg: PretrainConfig) -> Path:
             samples, batch_sampler=EpochBatches(indices, cfg.batch_size, cfg.seed, start * cfg.accumulation,
                                                 device.rank, device.world),
             num_workers=cfg.workers, collate_fn=collate, pin_memory=device.kind == "cuda",
+            worker_init_fn=ignore_interrupts,  # Ctrl-C is the main process's: it checkpoints, then stops
             # zarr must not be touched before a fork (reference/anchors.md B.3): cached mode starts workers
             # from a clean forkserver process instead.
             multiprocessing_context=("forkserver" if cache is not None else None) if cfg.workers else None,

@@ -102,7 +102,10 @@ def wds_loader(cache, mode: str, model_patch_size: int, seed: int, batch_size: i
     """An endless DataLoader of this rank's batches from a ``WdsCache`` (``start``: micro-batches done)."""
     stream = WdsPretrainStream(cache.shards, mode, model_patch_size, seed, batch_size, rank, start, detector, gray,
                                verify=bool(getattr(cache, "checksummed", False)))
-    return OneLineErrorLoader(stream, batch_size=None, num_workers=workers, pin_memory=pin_memory)
+    from .interrupt import ignore_interrupts
+
+    return OneLineErrorLoader(stream, batch_size=None, num_workers=workers, pin_memory=pin_memory,
+                              worker_init_fn=ignore_interrupts)  # Ctrl-C is the main process's to handle
 
 
 class OneLineErrorLoader(torch.utils.data.DataLoader):
