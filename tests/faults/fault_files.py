@@ -131,3 +131,14 @@ def hostile_pickle(marker: Path) -> bytes:
             return (open, (os.fspath(marker), "w"))
 
     return pickle.dumps({"model": {}, "payload": Exploit()}, protocol=2)
+
+
+def tiny_run_config(data: Path, out: Path, **changes):  # noqa: ANN201 - a PretrainConfig
+    """A seconds-long SimMIM pretraining of a 1-block ViT on ``data`` into ``out`` (4 steps, a checkpoint
+    every 2), for the fault tests that break a run and resume it; ``changes`` override fields."""
+    from kamim.train.pretrain import PretrainConfig  # torch: only for the tests that train
+
+    base = {"model": "vit_t", "overrides": {"depth": 1, "embed_dim": 32, "num_heads": 2}, "dataset": "folder",
+            "data_root": str(data), "method": "simmim", "device": "cpu", "out": str(out), "batch_size": 2,
+            "workers": 0, "grid_every": 0, "save_every": 2, "steps": 4}
+    return PretrainConfig(**{**base, **changes})

@@ -13,11 +13,12 @@ import pytest
 import torch
 from fault_child import run_child
 from fault_files import make_folder
+from fault_files import tiny_run_config as config
 from safetensors.torch import load_file
 
 from kamim.errors import UserError
 from kamim.train.observe import MetricsLog
-from kamim.train.pretrain import PretrainConfig, run_pretrain
+from kamim.train.pretrain import run_pretrain
 
 pytestmark = pytest.mark.fault
 
@@ -26,11 +27,6 @@ def data(tmp_path_factory):
     return make_folder(tmp_path_factory.mktemp("fullrun") / "data", per_class=4, size=96)
 
 
-def config(data, out, **changes) -> PretrainConfig:  # noqa: ANN001
-    base = {"model": "vit_t", "overrides": {"depth": 1, "embed_dim": 32, "num_heads": 2}, "dataset": "folder",
-            "data_root": str(data), "method": "simmim", "device": "cpu", "out": str(out), "batch_size": 2,
-            "workers": 0, "grid_every": 0, "save_every": 2, "steps": 4}
-    return PretrainConfig(**{**base, **changes})
 
 
 def same_weights(a: dict, b: dict) -> bool:
