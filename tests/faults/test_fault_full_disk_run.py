@@ -27,8 +27,6 @@ def data(tmp_path_factory):
     return make_folder(tmp_path_factory.mktemp("fullrun") / "data", per_class=4, size=96)
 
 
-
-
 def same_weights(a: dict, b: dict) -> bool:
     """Tensor for tensor (the header's metadata order is not fixed: safetensors writes it from a hash map)."""
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -27,8 +27,6 @@ def data(tmp_path_factory):
     return make_folder(tmp_path_factory.mktemp("resume-data") / "data", per_class=4, size=96)
 
 
-
-
 def with_extra_file(data, where):  # noqa: ANN001, ANN201
     copy = shutil.copytree(data, where)
     Image.fromarray(_photo(96, offset=5)).save(copy / "train" / "c0" / "zz-added.jpg", quality=90)
