@@ -104,10 +104,11 @@ def original_batch(batch: dict[str, torch.Tensor], with_maps: bool = True) -> di
     ring maps, as normalised floats (maps rastered from the points when the batch has points)."""
     from kamim.preprocess.raster import ring_maps_torch
     from kamim.train.augment import normalize
+    from kamim.train.crop_codes import batch_points
 
     out = {"pixel_values": normalize(batch["image"]), "mask": batch["mask"]}
     if with_maps:
-        maps = batch["map"] if "map" in batch else ring_maps_torch(batch["points"], batch["counts"], 192)
+        maps = batch["map"] if "map" in batch else ring_maps_torch(*batch_points(batch), 192)
         out["map"] = maps.float().reshape(maps.shape[0], 1, *maps.shape[-2:])
     return out
 

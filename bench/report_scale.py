@@ -15,9 +15,10 @@ def scale_lines(records: dict[str, dict], chart: Path | None) -> list[str]:
         rec = records["scale"]
         out += ["", "Cache scale (synthetic caches written by the project's writer, read through the reader's "
                 "derived flat file by real DataLoader workers; `python -m bench.scale`):", "",
-                "| detector | N | zarr B/image | flat file MiB | flat build CPU s | workers | points(i) us | "
-                "+ crop_points us (median / p90) | open s (max) | anon MiB / PSS MiB added per worker | "
-                "kamim-cached/simmim |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                "| detector | N | zarr B/image | flat file MiB | flat build CPU s | workers | point_codes us | "
+                "+ crop_codes us (median / p90) | first release's points(i)+crop_points us | open s (max) | "
+                "anon MiB / PSS MiB added per worker | kamim-cached/simmim |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for detector, per_n in rec["results"].items():
             for n, entry in per_n.items():
                 c = entry["cache"]
@@ -27,7 +28,8 @@ def scale_lines(records: dict[str, dict], chart: Path | None) -> list[str]:
                     out.append(
                         f"| {detector} | {int(n):,} | {c['bytes_per_image']:.0f} | {c['flat_bytes'] / 2**20:,.0f} | "
                         f"{c.get('flat_build_cpu_s', c.get('flat_build_s', ''))} | {workers} | {k['median_us_of']['points']:.1f} | "
-                        f"{k['cost_us']['median']:.1f} / {k['cost_us']['p90']:.1f} | {k['open_s']['max']:.3f} | "
+                        f"{k['cost_us']['median']:.1f} / {k['cost_us']['p90']:.1f} | "
+                        f"{k['median_us_of'].get('chained', float('nan')):.1f} | {k['open_s']['max']:.3f} | "
                         f"{mem.get('Anonymous_mib', 0):.0f} / {mem.get('Pss_mib', 0):.0f} | {ratio} |")
         if chart is not None:
             out += ["", f"![cache scale]({chart.relative_to(REPO).as_posix()})"]
@@ -56,13 +58,15 @@ def scale_chart(records: dict[str, dict], path: Path) -> Path | None:
             label = f"{detector}, {workers} workers"
             line = cost_ax.plot(ns, [k["cost_us"]["median"] for k in ks], "o-", label=f"{label} (median)")[0]
             cost_ax.plot(ns, [k["cost_us"]["p90"] for k in ks], ":", color=line.get_color())
-            cost_ax.plot(ns, [k["median_us_of"]["points"] for k in ks], "x--", color=line.get_color(), alpha=0.6)
+            if all("chained" in k["median_us_of"] for k in ks):
+                cost_ax.plot(ns, [k["median_us_of"]["chained"] for k in ks], "x--", color=line.get_color(), alpha=0.6)
             mem_ax.plot(ns, [k["added_per_worker_mib"].get("Anonymous_mib", 0) for k in ks], "o-", label=f"{label} anon")
             mem_ax.plot(ns, [k["added_per_worker_mib"].get("Pss_mib", 0) for k in ks], "s--", color=mem_ax.lines[-1].get_color(),
                         alpha=0.6, label=f"{label} PSS")
     cost_ax.axhline(20, color="k", linewidth=0.8)
     cost_ax.set(xscale="log", xlabel="images in the cache (N)", ylabel="us per sample",
-                title="points(i)+crop_points (o median, : p90), points(i) alone (x)")
+                title="keypoints per sample: point_codes+crop_codes (o median, : p90); "
+                "first release's points(i)+crop_points (x)")
     mem_ax.axhline(200, color="k", linewidth=0.8)
     mem_ax.set(xscale="log", xlabel="images in the cache (N)", ylabel="MiB added per loader worker",
                title="memory per worker (anonymous; PSS shares pages)")

@@ -4,7 +4,8 @@ ratio kamim-cached / simmim, against the number of images N in the cache (2 k ..
 Synthetic caches (bench/scale_data.py: written by kamim.cache.zarr_store.write_zarr, FAST-like Poisson(1,400)
 and SIFT-like Poisson(400) points per image) are read through the real reader (kamim.cache.open_cache: the
 derived flat file) by real DataLoader workers (forkserver, as `kamim pretrain` starts them):
-- keypoint cost: ``points(i)`` + ``train.augment.crop_points`` per sample in random order, timed inside the
+- keypoint cost: the worker's keypoint work, ``train.crop_select.cached_sample_points`` (``point_codes(i)`` +
+  ``train.crop_codes.code_crop``; the step maps the batch's codes on the device), per sample in random order, timed inside the
   worker (thread CPU time, so 8 workers on 2 cores measure cost, not waiting), median and p90;
 - open: the first call in each worker (header, store key, crc32c of offsets/scale/status);
 - memory: /proc/<pid>/smaps_rollup of each worker before the open and after its samples: anonymous
@@ -53,7 +54,7 @@ _OPENED: dict[str, float] = {}  # per worker process: the open time, once
 
 
 class KeypointProbe:
-    """Map-style dataset: each item times points(i) + crop_points in the worker that serves it."""
+    """Map-style dataset: each item times the keypoint path in the worker that serves it."""
 
     def __init__(self, cache, size: int = 192) -> None:  # noqa: ANN001
         self.cache, self.size = cache, size
@@ -64,6 +65,8 @@ class KeypointProbe:
 
     def __getitem__(self, index: int) -> dict:
         from kamim.train.augment import crop_points, sample_crop, sample_seed, seeded
+        from kamim.train.crop_codes import code_crop, crop_codes
+        from kamim.train.crop_select import cached_sample_points
 
         item: dict = {"pid": os.getpid()}
         if "open_s" not in _OPENED:
@@ -74,13 +77,26 @@ class KeypointProbe:
         height = int(round(256 / float(self.cache.scale(index)[1])))
         with seeded(sample_seed(0, 0, index)):
             crop = sample_crop(height, int(height * 1.3), self.size)
+        # The worker's keypoint work for a plain cache, as PretrainSamples calls it (kamim.train.crop_select.
+        # cached_sample_points): read the stored codes and compute the crop's map of them (the step maps the
+        # whole batch on the device). Then its two parts again (the second read finds the data in the CPU
+        # cache), and, untimed by the target, the chained reference the first release's loader ran in the
+        # worker (points(i), then crop_points) and the one-step CPU map that selection caches use.
         wall, cpu = time.perf_counter_ns(), time.thread_time_ns()
-        points = self.cache.points(index)
-        middle = time.thread_time_ns()
-        crop_points(points, crop, self.size)
+        cached_sample_points(self.cache, index, crop, self.size)
         end = time.thread_time_ns()
         item["cpu_ns"], item["wall_ns"] = end - cpu, time.perf_counter_ns() - wall
-        item["points_ns"], item["crop_ns"] = middle - cpu, end - middle
+        began = time.thread_time_ns()
+        codes, sx, sy = self.cache.point_codes(index)
+        middle = time.thread_time_ns()
+        code_crop(self.cache.steps, sx, sy, crop, self.size)
+        item["points_ns"], item["crop_ns"] = middle - began, time.thread_time_ns() - middle
+        began = time.thread_time_ns()
+        crop_codes(codes, self.cache.steps, sx, sy, crop, self.size)
+        item["cpu_map_ns"] = time.thread_time_ns() - began
+        began = time.thread_time_ns()
+        crop_points(self.cache.points(index), crop, self.size)
+        item["chained_ns"] = time.thread_time_ns() - began
         self.served += 1
         if self.served % 128 == 1:
             item["mem"] = memory_kib()
@@ -102,7 +118,7 @@ def keypoint_path(cache_dir, workers: int, samples: int, seed: int) -> dict:  # 
     items = [item for batch in loader for item in batch]
     cpu = np.array([i["cpu_ns"] for i in items]) / 1e3
     wall = np.array([i["wall_ns"] for i in items]) / 1e3
-    alone = {k: float(np.median([i[f"{k}_ns"] for i in items]) / 1e3) for k in ("points", "crop")}
+    alone = {k: float(np.median([i[f"{k}_ns"] for i in items]) / 1e3) for k in ("points", "crop", "cpu_map", "chained")}
     per_pid: dict[int, dict] = {}
     for item in items:
         entry = per_pid.setdefault(item["pid"], {})
@@ -116,7 +132,8 @@ def keypoint_path(cache_dir, workers: int, samples: int, seed: int) -> dict:  # 
         "workers": workers, "samples": len(items),
         "cost_us": {"median": float(np.median(cpu)), "p90": float(np.percentile(cpu, 90))},
         "wall_us": {"median": float(np.median(wall)), "p90": float(np.percentile(wall, 90))},
-        "median_us_of": alone,  # points(i) alone and crop_points alone
+        # point_codes(i), code_crop; the CPU map of selection caches (crop_codes); the chained reference
+        "median_us_of": alone,
         "open_s": {"median": float(np.median(opens)), "max": float(max(opens))},
         "added_per_worker_mib": {k: float(max(a[k] for a in added)) for k in added[0]} if added else {},
         "points_per_image_median": float(np.median(cache.counts)),
@@ -220,9 +237,11 @@ def run(cfg: ScaleBenchConfig) -> dict:
             for workers in cfg.worker_counts:
                 k = keypoint_path(cache_dir, workers, cfg.samples, seed=n + workers)
                 entry["keypoints"][str(workers)] = k
-                log(f"  {workers} workers: points+crop {k['cost_us']['median']:.1f} us median, "
-                    f"{k['cost_us']['p90']:.1f} us p90 (points(i) {k['median_us_of']['points']:.1f}, crop_points "
-                    f"{k['median_us_of']['crop']:.1f}); open {k['open_s']['max']:.3f} s; added per worker "
+                log(f"  {workers} workers: keypoints {k['cost_us']['median']:.1f} us median, "
+                    f"{k['cost_us']['p90']:.1f} us p90 (point_codes {k['median_us_of']['points']:.1f}, code_crop "
+                    f"{k['median_us_of']['crop']:.1f}; CPU crop_codes {k['median_us_of']['cpu_map']:.1f}; "
+                    f"chained points(i)+crop_points "
+                    f"{k['median_us_of']['chained']:.1f}); open {k['open_s']['max']:.3f} s; added per worker "
                     + ", ".join(f"{a} {v:.0f} MiB" for a, v in k["added_per_worker_mib"].items()))
             if detector in cfg.ratio_detectors and n >= cfg.ratio_min_n:
                 entry["loader"] = loader_ratio(cache_dir, detector, cfg)
@@ -238,7 +257,7 @@ def run(cfg: ScaleBenchConfig) -> dict:
                                           entry["loader"]["ratio"], 0.97 if int(n) >= 200_000 else None))
         worst = max(e["keypoints"][w]["cost_us"]["median"] for e in per_n.values() for w in e["keypoints"])
         ratios.append(ratio_entry(f"keypoint cost {detector} us/sample, worst median over N",
-                                  worst, 20.0, higher_is_better=False, note="points(i)+crop_points"))
+                                  worst, 20.0, higher_is_better=False, note="cached_sample_points: point_codes(i)+code_crop"))
         opens = max(e["keypoints"][w]["open_s"]["max"] for e in per_n.values() for w in e["keypoints"])
         ratios.append(ratio_entry(f"reader open {detector} s, worst worker", opens, 2.0, higher_is_better=False))
     payload = {"results": results, "ratios": ratios, "cores": cores()}

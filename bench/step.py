@@ -90,14 +90,24 @@ def weighting_ms(batch: dict, cfg: StepBenchConfig, device, calls: int, keypoint
     return median(times[2:]) * 1e3
 
 
+def kept_counts(batch: dict) -> list[int]:
+    """Points per crop (a plain cache's batch carries all of each image's codes; the crop keeps some)."""
+    from kamim.train.crop_codes import FAR, batch_points
+
+    points, counts = batch_points(batch)
+    present = torch.arange(points.shape[1])[None] < counts[:, None]
+    return (present & (points[..., 0] > FAR / 2)).sum(1).tolist()
+
+
 def run(cfg: StepBenchConfig) -> dict:
+    from kamim.train.crop_codes import batch_points
     from kamim.train.device import resolve_device
     from kamim.train.models import build_model
 
     began = start(cfg)
     device = resolve_device(cfg.device, cfg.precision)
     batches = {d: real_batch(cfg, d) for d in cfg.detectors}
-    counts = {d: b["counts"].tolist() for d, b in batches.items()}
+    counts = {d: kept_counts(b) for d, b in batches.items()}
     log(f"step: {cfg.model} batch {cfg.batch_size} on {device.kind} ({device.precision}); points per crop "
         + ", ".join(f"{d} median {median(c):.0f}" for d, c in counts.items()))
     torch.manual_seed(0)
@@ -131,7 +141,7 @@ def run(cfg: StepBenchConfig) -> dict:
                                           f"time on one thread" if "cpu_ms_one_thread_detect" in detect else "")))
     payload = {
         "device": device.kind, "precision": device.precision,
-        "points_per_crop": {d: {"median": median(c), "max": max(c), "padded": int(batches[d]["points"].shape[1])}
+        "points_per_crop": {d: {"median": median(c), "max": max(c), "padded": int(batch_points(batches[d])[0].shape[1])}
                             for d, c in counts.items()},
         "step_seconds": summary(samples),
         "images_per_s": {m: cfg.batch_size / median(v) for m, v in samples.items()},

@@ -31,6 +31,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import mmap
 import os
 import secrets
 import struct
@@ -111,12 +112,12 @@ class FlatPoints:
     def __init__(self, path: Path, key: str) -> None:
         self.path = path
         try:
-            with open(path, "rb") as handle:
-                head = handle.read(HEADER_BYTES)
-                self.inode = os.fstat(handle.fileno()).st_ino
-                size = os.fstat(handle.fileno()).st_size
+            self._fd = os.open(path, os.O_RDONLY)  # one descriptor for the checks and the reads: one file
         except FileNotFoundError:
             raise StaleFlat(f"{path}: missing") from None
+        head = os.pread(self._fd, HEADER_BYTES, 0)
+        stat = os.fstat(self._fd)
+        self.inode, size = stat.st_ino, stat.st_size
         if len(head) < HEADER_BYTES or not head.startswith(MAGIC):
             raise StaleFlat(f"{path}: not a flat points file")
         length, crc = struct.unpack_from("<II", head, len(MAGIC))
@@ -133,21 +134,26 @@ class FlatPoints:
         self.sections, total = _layout(header["images"], header["rows"])
         if size != total:
             raise StaleFlat(f"{path}: {size} bytes, expected {total}")
-        mm = np.memmap(path, dtype=np.uint8, mode="r", shape=(total,))
+        self._map = mmap.mmap(self._fd, total, access=mmap.ACCESS_READ)
+        mm = np.frombuffer(self._map, dtype=np.uint8)
         for name in ("offsets", "scale", "status", "image_crc"):
             if _crc(_section(mm, self.sections[name])) != header["crc"][name]:
                 raise StaleFlat(f"{path}: section {name} checksum mismatch")
+        # Views of the mapping for bulk readers (plain ndarrays: indexing a np.memmap costs ~1 us more per
+        # element, its subclass hooks).
         self.offsets = _section(mm, self.sections["offsets"])
         self.scale = _section(mm, self.sections["scale"])
         self.status = _section(mm, self.sections["status"])
-        self.points = _section(mm, self.sections["points"])  # for bulk readers; samples use pread below
-        # A sample's codes are read with pread, not through the mapping: the kernel maps whole page-cache
-        # folios on a fault (hundreds of KiB per sample), which made every worker's RSS and PSS grow
-        # with the pages it had touched; pread copies 5.6 KB and leaves the file to the page cache.
-        self._fd = os.open(path, os.O_RDONLY)
-        self._points_at = self.sections["points"][0]
+        self.points = _section(mm, self.sections["points"])
         self.image_crc = _section(mm, self.sections["image_crc"])
         self.checksummed_store = bool(header["checksummed_store"])
+        self.images = int(header["images"])
+        # A sample reads its offsets, checksum and scale with struct from the mapping (a numpy lookup
+        # costs several times more in a busy loader worker) and its codes with pread, not through the
+        # mapping: the kernel maps whole page-cache folios on a fault (hundreds of KiB per sample), which
+        # made every worker's RSS and PSS grow with the pages it had touched; pread copies 5.6 KB and
+        # leaves the file to the page cache.
+        self._at = {name: self.sections[name][0] for name in ("offsets", "scale", "image_crc", "points")}
 
     def __del__(self) -> None:
         if getattr(self, "_fd", None) is not None:
@@ -155,12 +161,21 @@ class FlatPoints:
 
     def codes(self, index: int) -> np.ndarray:
         """uint16 [2n]: image ``index``'s x codes then y codes, checked against its crc32c."""
-        start, end = int(self.offsets[index]), int(self.offsets[index + 1])
-        data = os.pread(self._fd, 4 * (end - start), self._points_at + 4 * start)
-        codes = np.frombuffer(data, dtype="<u2")
-        if len(data) != 4 * (end - start) or google_crc32c.value(data) != self.image_crc[index]:
+        return self.sample(index)[0]
+
+    def sample(self, index: int) -> tuple[np.ndarray, float, float]:
+        """(codes, sx, sy): image ``index``'s codes (uint16 [2n], x codes then y codes, read-only, checked
+        against their crc32c) and its detect scale."""
+        if not 0 <= index < self.images:
+            raise IndexError(f"image {index} out of range for {self.images} images")
+        at = self._at
+        start, end = struct.unpack_from("<2q", self._map, at["offsets"] + 8 * index)
+        data = os.pread(self._fd, 4 * (end - start), at["points"] + 4 * start)
+        if len(data) != 4 * (end - start) or google_crc32c.value(data) != struct.unpack_from(
+                "<I", self._map, at["image_crc"] + 4 * index)[0]:
             raise StaleFlat(f"{self.path}: points of image {index} fail their checksum")
-        return codes
+        sx, sy = struct.unpack_from("<2d", self._map, at["scale"] + 16 * index)
+        return np.frombuffer(data, dtype="<u2"), sx, sy
 
 
 def build_flat(cache_dir: Path, dest: Path) -> None:

@@ -25,6 +25,7 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, Crc32cCodec
 
+from kamim.cache.flat import StaleFlat, open_flat
 from kamim.cache.manifest import STATUS_NAMES, STATUS_OK, check_dataset, read_manifest, rebuild_command
 from kamim.cache.parts import Block
 from kamim.cache.points import MAX_CODE, POINT_DTYPE, decode_ragged
@@ -239,20 +240,20 @@ class ZarrCache:
     def _open(self) -> None:
         if self._pid == os.getpid():
             return
-        from kamim.cache.flat import open_flat
-
         self._flat = open_flat(self.path, self.manifest)
         self._pid = os.getpid()
 
     def _codes(self, index: int) -> np.ndarray:
-        from kamim.cache.flat import StaleFlat, open_flat
+        return self._sample(index)[0]
 
-        self._open()
+    def _sample(self, index: int) -> tuple[np.ndarray, float, float]:
+        if self._pid != os.getpid():
+            self._open()
         try:
-            return self._flat.codes(index)
+            return self._flat.sample(index)
         except StaleFlat:  # a block failed its checksum: never use the file, rebuild it
             self._flat = open_flat(self.path, self.manifest, discard=self._flat)
-            return self._flat.codes(index)
+            return self._flat.sample(index)
 
     def _check_index(self, index: int) -> int:
         if not -len(self) <= index < len(self):
@@ -279,6 +280,13 @@ class ZarrCache:
         p[n:] /= sy
         p -= 0.5
         return p.astype(np.float32).reshape(2, n).T
+
+    def point_codes(self, index: int) -> tuple[np.ndarray, float, float]:
+        """(codes, sx, sy): image ``index``'s quantised points as stored at detect size, uint16 [2n], its
+        x codes then its y codes (y non-decreasing: points are sorted by (y, x)), and its detect scale.
+        ``points(i)`` is ``(codes / steps + 0.5) / (sx, sy) - 0.5``; a loader that moves the points
+        through a crop folds both maps into one (kamim.train.crop_select.crop_codes)."""
+        return self._sample(index if index >= 0 else self._check_index(index))
 
     def sample(self, index: int, dataset) -> tuple[np.ndarray, np.ndarray, int]:
         """(uint8 RGB image from ``dataset``, its points in source pixels, label); check_dataset first."""

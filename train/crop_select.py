@@ -7,11 +7,13 @@ import weakref
 from typing import Any
 
 import numpy as np
+import torch
 
 from kamim.cache.attrs_store import PointAttrs, open_point_attrs
 from kamim.cache.select import crop_scale, select_in_crop
 
 from .augment import CropParams, crop_points_keep
+from .crop_codes import code_crop, crop_codes
 
 _ATTRS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # cache reader -> PointAttrs | None
 
@@ -29,9 +31,28 @@ def point_attrs(cache: Any) -> PointAttrs | None:
 
 def cached_crop_points(cache: Any, index: int, crop: CropParams, size: int = 192) -> np.ndarray:
     """float32 [K,2] crop-pixel points of sample ``index`` for ``crop`` (DESIGN.md 4.1, 4.3)."""
-    xy, keep = crop_points_keep(cache.points(index), crop, size)
     attrs = point_attrs(cache)
-    if attrs is None:
-        return xy
+    if hasattr(cache, "point_codes"):
+        codes, sx, sy = cache.point_codes(index)
+        xy, first, inside = crop_codes(codes, cache.steps, sx, sy, crop, size)
+        if attrs is None:
+            return xy
+        kept_attrs = attrs.attrs(index)[first : first + len(inside)][inside]
+    else:
+        xy, keep = crop_points_keep(cache.points(index), crop, size)
+        if attrs is None:
+            return xy
+        kept_attrs = attrs.attrs(index)[keep]
     scale = crop_scale(crop.width, crop.height, cache.scale(index), size)
-    return xy[select_in_crop(cache.manifest["detector"], xy, attrs.attrs(index)[keep], scale, size)]
+    return xy[select_in_crop(cache.manifest["detector"], xy, kept_attrs, scale, size)]
+
+
+def cached_sample_points(cache: Any, index: int, crop: CropParams, size: int = 192) -> dict[str, Any]:
+    """A cached sample's keypoint fields. A plain zarr cache hands over its stored codes (numpy uint16
+    [2n], read-only) and the crop's map of them (``code_crop``, 8 floats): collate pads them
+    and the step maps them for the whole batch (kamim.train.crop_codes.batch_points). Selection caches
+    and other readers hand over crop points (a float32 tensor [K,2])."""
+    if hasattr(cache, "point_codes") and point_attrs(cache) is None:
+        codes, sx, sy = cache.point_codes(index)
+        return {"codes": codes, "code_crop": code_crop(cache.steps, sx, sy, crop, size)}
+    return {"points": torch.from_numpy(cached_crop_points(cache, index, crop, size))}

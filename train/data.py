@@ -22,7 +22,8 @@ from kamim.datasets import ImageDataset, read_or_next
 from kamim.malloc import keep_freed_memory
 
 from .augment import crop_image, sample_crop, sample_seed, seeded
-from .crop_select import cached_crop_points
+from .crop_codes import code_maps
+from .crop_select import cached_sample_points
 from .distributed import rank_share
 from .masking import random_mask
 
@@ -64,7 +65,7 @@ class PretrainSamples(Dataset):
             mask = random_mask(None, self.model_patch_size, self.img_size)
         sample = {"image": crop_image(image, crop, self.img_size), "mask": mask}
         if self.mode == "cached":
-            sample["points"] = torch.from_numpy(cached_crop_points(self.cache, used, crop, self.img_size))
+            sample.update(cached_sample_points(self.cache, used, crop, self.img_size))
         elif self.mode == "online":
             sample["map"] = torch.from_numpy(online_ring_map(sample["image"], self.detector, self.gray))
         return sample
@@ -122,7 +123,8 @@ class EpochBatches(Sampler):
 
 
 def collate(samples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Stack images/masks/maps; pad points to [B, P, 2] (P a multiple of 64) with their counts [B]."""
+    """Stack images/masks/maps; pad points (or a plain cache's codes, with their crop maps) to [B, P, 2]
+    (P a multiple of 64) with their counts [B]."""
     batch = {"image": torch.stack([s["image"] for s in samples]), "mask": torch.stack([s["mask"] for s in samples])}
     if "map" in samples[0]:
         batch["map"] = torch.stack([s["map"] for s in samples])
@@ -133,4 +135,12 @@ def collate(samples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         for row, s in enumerate(samples):
             points[row, : counts[row]] = s["points"].numpy()
         batch["points"], batch["counts"] = torch.from_numpy(points), torch.tensor(counts, dtype=torch.int64)
+    if "codes" in samples[0]:  # a plain cache's stored codes: mapped into each crop on the device
+        counts = [len(s["codes"]) // 2 for s in samples]
+        width = max(POINT_PAD, math.ceil(max(counts) / POINT_PAD) * POINT_PAD)
+        codes = np.zeros((len(samples), width, 2), dtype=np.int32)
+        for row, s in enumerate(samples):
+            codes[row, : counts[row]] = s["codes"].reshape(2, -1).T  # numpy: x codes, then y codes
+        batch["codes"], batch["counts"] = torch.from_numpy(codes), torch.tensor(counts, dtype=torch.int64)
+        batch["code_map"], batch["code_bounds"] = code_maps([s["code_crop"] for s in samples])
     return batch

@@ -57,7 +57,9 @@ def batch_weights(batch: dict[str, torch.Tensor], spec: LossSpec) -> torch.Tenso
     else:
         from kamim.preprocess.raster import ring_maps_torch
 
-        maps = ring_maps_torch(batch["points"], batch["counts"], spec.img_size)
+        from .crop_codes import batch_points
+
+        maps = ring_maps_torch(*batch_points(batch), spec.img_size)
     return loss_functions(spec.compile)[0](maps, spec.weight_ps, spec.temperature)
 
 

@@ -19,8 +19,9 @@ from kamim.errors import UserError
 from kamim.preprocess.build import CacheConfig, build_cache
 from kamim.preprocess.raster import ring_maps_torch
 from kamim.train.augment import CropParams, crop_image
-from kamim.train.crop_select import cached_crop_points
-from kamim.train.data import online_ring_map
+from kamim.train.crop_codes import batch_points
+from kamim.train.crop_select import cached_sample_points
+from kamim.train.data import collate, online_ring_map
 from kamim.train.weighting import patch_density
 
 SIZE = 192
@@ -54,8 +55,8 @@ def test_identity_crop_of_a_cache_at_the_crop_size_is_exact(square_photos, tmp_p
         crop = crop_image(image, identity, SIZE)
         assert torch.equal(crop, torch.from_numpy(image).permute(2, 0, 1))  # the crop is the image
         online = torch.from_numpy(online_ring_map(crop, detector)).float()
-        points = torch.from_numpy(cached_crop_points(reader, i, identity, SIZE))  # the loader's path
-        cached = ring_maps_torch(points[None], torch.tensor([len(points)]), SIZE)[0]
+        sample = {"image": crop, "mask": torch.zeros(12, 12), **cached_sample_points(reader, i, identity, SIZE)}
+        cached = ring_maps_torch(*batch_points(collate([sample])), SIZE)[0]  # the loader's and the step's path
         assert online.sum() > 500  # real photos: many rings, a comparison that can fail
         differing += int((online != cached).sum())
         for w_ps in (8, 16):

@@ -18,9 +18,11 @@ from PIL import Image
 from kamim.cache import open_cache
 from kamim.datasets import BadSampleError, decode_image, open_dataset
 from kamim.preprocess.build import CacheConfig, build_cache
-from kamim.train.augment import crop_image, crop_points, sample_crop, sample_seed, seeded
+from kamim.train.augment import crop_image, sample_crop, sample_seed, seeded
 from kamim.train.checkpoint import export_model
-from kamim.train.data import PretrainSamples
+from kamim.train.crop_codes import batch_point_lists
+from kamim.train.crop_select import cached_crop_points
+from kamim.train.data import PretrainSamples, collate
 from kamim.train.models import build_model
 
 pytestmark = pytest.mark.fault
@@ -57,9 +59,11 @@ def test_a_file_damaged_after_caching_is_dropped_with_its_keypoints(cached):
         with seeded(sample_seed(3, epoch, bad)):
             crop = sample_crop(image.shape[0], image.shape[1], 192)
         assert torch.equal(sample["image"], crop_image(image, crop, 192))
-        expected = crop_points(cache.points(stand_in), crop, 192)
-        assert np.array_equal(sample["points"].numpy(), expected)
-        wrong = crop_points(cache.points(bad), crop, 192)  # what the old code paired with that image
+        expected = cached_crop_points(cache, stand_in, crop, 192)
+        mapped = batch_point_lists(collate([sample]))[0]  # the codes the sample carries, as the step maps them
+        assert mapped.shape == expected.shape
+        np.testing.assert_allclose(mapped, expected, rtol=0, atol=1e-4)
+        wrong = cached_crop_points(cache, bad, crop, 192)  # what the old code paired with that image
         differs += len(expected) > 0 and not np.array_equal(wrong, expected)
     assert differs, "the crops should show the stand-in's keypoints differing from the damaged file's"
 

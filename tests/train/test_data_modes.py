@@ -12,6 +12,7 @@ from kamim.preprocess.build import CacheConfig, build_cache
 from kamim.preprocess.detect import detect_keypoints
 from kamim.preprocess.raster import ring_map_opencv
 from kamim.train.augment import crop_points, sample_crop, sample_seed, seeded
+from kamim.train.crop_codes import batch_point_lists
 from kamim.train.data import PretrainSamples, collate
 
 
@@ -30,11 +31,16 @@ def test_cached_and_online_samples_carry_this_images_keypoints(tmp_path):
             crop = sample_crop(*image.shape[:2])
         expected = crop_points(detect_keypoints(image, "fast"), crop)
         sample = cached[(2, index)]
-        assert len(expected) > 10 and np.array_equal(np.sort(sample["points"].numpy(), 0), np.sort(expected, 0))
+        # the step maps the stored codes into the crop in one float32 multiply-add (crop_codes), the
+        # reference chains two float maps: the same points to float32 rounding
+        got = batch_point_lists(collate([sample]))[0]  # the codes, mapped into the crop as the step does
+        assert len(expected) > 10 and got.shape == expected.shape
+        np.testing.assert_allclose(got[np.lexsort(got.T)], expected[np.lexsort(expected.T)], rtol=0, atol=1e-4)
         assert sample["mask"].shape == (12, 12) and int(sample["mask"].sum()) == 22 * 4
         same = online[(2, index)]  # same seed, epoch, index: same crop, mask on the Swin grid
         assert torch.equal(same["image"], sample["image"]) and same["mask"].shape == (48, 48)
         view = np.ascontiguousarray(same["image"].permute(1, 2, 0).numpy())
         assert np.array_equal(same["map"].numpy(), ring_map_opencv(detect_keypoints(view, "fast"), 192))
     batch = collate([cached[(0, i)] for i in range(4)])
-    assert batch["image"].dtype == torch.uint8 and batch["points"].shape[0] == 4 and batch["counts"].min() > 0
+    assert batch["image"].dtype == torch.uint8 and batch["codes"].shape[0] == 4 and batch["counts"].min() > 0
+    assert all(len(points) > 10 for points in batch_point_lists(batch))

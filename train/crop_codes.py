@@ -1,0 +1,113 @@
+"""Stored keypoint codes moved straight into a crop: one affine map per axis from the cache's integer codes.
+
+A zarr cache stores each point as integer codes at detect size (1/steps px; kamim.cache.points). The
+first release decoded them to source pixels (``to_source``) and then moved those through the crop
+(``crop_points``): two float maps and about ten numpy calls per sample, 40-90 us a sample in a loader
+worker. Both maps are affine, so per axis they fold into crop = code * a + b, and which points the crop
+keeps is an integer interval of codes [lo, hi).
+
+- ``crop_codes``: the folded map on the CPU, for one sample (selection caches need crop coordinates in
+  the worker to choose their points).
+- ``code_crop`` + ``batch_points``: for plain caches the worker only reads the codes (``point_codes``)
+  and computes the crop's four numbers per axis; the batch carries the codes padded as int32 and
+  ``batch_points`` maps them on the device, in one vectorised step for the whole batch, with the
+  dropped points moved far off the canvas (the ring raster drops them; it draws with "set", so order and
+  padding never matter). The per-sample cost in the worker is then one ``pread`` and a checksum.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from .augment import CropParams
+
+FAR = -1.0e4  # where dropped points go: far enough off the canvas that no ring reaches it
+
+
+def _code_axis(steps: int, scale: float, start: int, length: int, size: int, flip: bool) -> tuple[float, float, int, int]:
+    """One axis of the map code -> crop pixel: (a, b, lo, hi), crop = code * a + b, kept codes [lo, hi).
+
+    crop = ((code / steps + 0.5) / scale - start) * size / length - 0.5 (then size - 1 - crop when
+    flipped): ``to_source`` followed by ``crop_points``. A point is kept when its crop coordinate lies in
+    [-0.5, size - 0.5), decided after the flip as crop_points does (so (-0.5, size - 0.5] before it)."""
+    a = size / (steps * scale * length)
+    b = (0.5 / scale - start) * size / length - 0.5
+    low_edge, high_edge = steps * (start * scale - 0.5), steps * ((start + length) * scale - 0.5)
+    if flip:
+        return -a, size - 1 - b, math.floor(low_edge) + 1, math.floor(high_edge) + 1
+    return a, b, math.ceil(low_edge), math.ceil(high_edge)
+
+
+def crop_codes(codes: np.ndarray, steps: int, sx: float, sy: float, crop: CropParams,
+               size: int = 192) -> tuple[np.ndarray, int, np.ndarray]:
+    """A cache's stored codes (``ZarrCache.point_codes``) moved straight into the crop: (xy, first, inside).
+
+    xy: float32 [K,2] (a column-major view): the exact crop coordinates computed in float64 from the
+    integer codes and rounded once, so they equal ``crop_points(points(i), crop)`` (which rounds to float32
+    at every step) to float32 rounding, closer to the exact values than it (<= 1e-4 px apart at 192 px).
+    The kept points are ``first + flatnonzero(inside)`` of the stored order. Which points are kept is
+    decided exactly, on the integer codes; the float path can differ from it only for a point within
+    float rounding (~1e-5 px) of the crop's edge. Since the y codes are sorted, the crop's rows are one
+    binary search, and only their x codes are tested. The loader uses this for selection caches (their
+    crop-time rule needs the crop coordinates); plain caches hand the codes to the step (code_crop)."""
+    n = len(codes) // 2
+    ax, bx, x_low, x_high = _code_axis(steps, sx, crop.left, crop.width, size, crop.hflip)
+    ay, by, y_low, y_high = _code_axis(steps, sy, crop.top, crop.height, size, crop.vflip)
+    clamp = [min(max(edge, 0), 0xFFFF) for edge in (y_low, y_high)]
+    first, last = codes[n:].searchsorted(np.array(clamp, np.uint16)).tolist()
+    if y_high > 0xFFFF:
+        last = n
+    window = codes.reshape(2, n)[:, first:last]
+    x_low, x_high = min(max(x_low, 0), 0x10000), min(max(x_high, 0), 0x10000)
+    if x_high - x_low > 0xFFFF:
+        inside = np.ones(last - first, bool)
+    else:  # x_low <= x < x_high as one unsigned compare: codes below x_low wrap round to >= 2**16 - x_low
+        inside = np.subtract(window[0], np.uint16(min(x_low, 0xFFFF)), dtype=np.uint16) < max(x_high - x_low, 0)
+    out = window.compress(inside, axis=1) * np.array([[ax], [ay]])  # float64: one rounding, at the end
+    out += np.array([[bx], [by]])
+    return out.astype(np.float32).T, first, inside
+
+
+def code_crop(steps: int, sx: float, sy: float, crop: CropParams, size: int = 192) -> tuple[float, ...]:
+    """The crop's map of a sample's stored codes: ``_code_axis`` for x, then y (eight numbers; this runs
+    once per sample in the loader worker, where building an array would cost more than the arithmetic).
+    ``code_maps`` turns a batch of them into the step's inputs."""
+    return (*_code_axis(steps, sx, crop.left, crop.width, size, crop.hflip),
+            *_code_axis(steps, sy, crop.top, crop.height, size, crop.vflip))
+
+
+def code_maps(crops: list[tuple[float, ...]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch's ``code_crop`` tuples -> (code_map float32 [B,2,2] (a, b), code_bounds int32 [B,2,2] (lo, hi)):
+    a kept code c (lo <= c < hi) lands at (c - lo) * a + b crop pixels. b is measured from lo, so on the
+    device the float32 product stays small and lands within ~1e-5 px of the exact value."""
+    rows = np.array(crops, dtype=np.float64).reshape(-1, 2, 4)
+    low = np.clip(rows[..., 2], 0, 0x10000)
+    high = np.clip(rows[..., 3], low, 0x10000)
+    scale = np.stack([rows[..., 0], rows[..., 0] * low + rows[..., 1]], axis=-1)
+    return torch.from_numpy(scale.astype(np.float32)), torch.from_numpy(np.stack([low, high], -1).astype(np.int32))
+
+
+def batch_points(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(points [B,P,2] float32 crop pixels, counts [B]) of a collated batch, on the batch's device.
+
+    A batch of plain-cache samples carries ``codes`` int32 [B,P,2], ``code_map`` float32 [B,2,2] (a, b)
+    and ``code_bounds`` int32 [B,2,2] (lo, hi); its points are mapped here, dropped ones moved to FAR.
+    Other batches carry ``points`` already."""
+    if "codes" not in batch:
+        return batch["points"], batch["counts"]
+    codes, scale, bounds = batch["codes"], batch["code_map"], batch["code_bounds"]
+    low, high = bounds[..., 0][:, None, :], bounds[..., 1][:, None, :]  # [B,1,2]
+    kept = ((codes >= low) & (codes < high)).all(dim=-1, keepdim=True)
+    points = (codes - low).to(torch.float32) * scale[..., 0][:, None, :] + scale[..., 1][:, None, :]
+    return torch.where(kept, points, torch.full_like(points, FAR)), batch["counts"]
+
+
+def batch_point_lists(batch: dict[str, torch.Tensor]) -> list[np.ndarray]:
+    """Each sample's kept crop points (float32 [K,2], stored order) of a collated batch: for pictures and
+    checks; training rasters ``batch_points`` directly."""
+    points, counts = batch_points(batch)
+    rows = [row[:count] for row, count in zip(points.cpu().numpy(), counts.tolist(), strict=True)]
+    return [row[row[:, 0] > FAR / 2] for row in rows]
