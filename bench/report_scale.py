@@ -15,19 +15,19 @@ def scale_lines(records: dict[str, dict], chart: Path | None) -> list[str]:
         rec = records["scale"]
         out += ["", "Cache scale (synthetic caches written by the project's writer, read through the reader's "
                 "derived flat file by real DataLoader workers; `python -m bench.scale`):", "",
-                "| detector | N | zarr B/image | flat file MiB | flat build CPU s | workers | point_codes us | "
-                "+ crop_codes us (median / p90) | first release's points(i)+crop_points us | open s (max) | "
+                "| detector | N | zarr B/image | flat file MiB | flat build CPU s | workers | keypoint cost us "
+                "(median / p90) | first release's points(i)+crop_points us | open s (max) | "
                 "anon MiB / PSS MiB added per worker | kamim-cached/simmim |",
-                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for detector, per_n in rec["results"].items():
-            for n, entry in per_n.items():
+            for n, entry in sorted(per_n.items(), key=lambda item: int(item[0])):
                 c = entry["cache"]
                 ratio = f"{entry['loader']['ratio']:.3f}" if "loader" in entry else ""
                 for workers, k in entry["keypoints"].items():
                     mem = k.get("added_per_worker_mib", {})
                     out.append(
                         f"| {detector} | {int(n):,} | {c['bytes_per_image']:.0f} | {c['flat_bytes'] / 2**20:,.0f} | "
-                        f"{c.get('flat_build_cpu_s', c.get('flat_build_s', ''))} | {workers} | {k['median_us_of']['points']:.1f} | "
+                        f"{c.get('flat_build_cpu_s', c.get('flat_build_s', ''))} | {workers} | "
                         f"{k['cost_us']['median']:.1f} / {k['cost_us']['p90']:.1f} | "
                         f"{k['median_us_of'].get('chained', float('nan')):.1f} | {k['open_s']['max']:.3f} | "
                         f"{mem.get('Anonymous_mib', 0):.0f} / {mem.get('Pss_mib', 0):.0f} | {ratio} |")
@@ -53,6 +53,8 @@ def scale_chart(records: dict[str, dict], path: Path) -> Path | None:
     fig, (cost_ax, mem_ax) = plt.subplots(1, 2, figsize=(10, 3.6))
     for detector, per_n in records["scale"]["results"].items():
         ns = sorted(int(n) for n in per_n)
+        if not ns:
+            continue
         for workers in next(iter(per_n.values()))["keypoints"]:
             ks = [per_n[str(n)]["keypoints"][workers] for n in ns]
             label = f"{detector}, {workers} workers"
@@ -65,7 +67,7 @@ def scale_chart(records: dict[str, dict], path: Path) -> Path | None:
                         alpha=0.6, label=f"{label} PSS")
     cost_ax.axhline(20, color="k", linewidth=0.8)
     cost_ax.set(xscale="log", xlabel="images in the cache (N)", ylabel="us per sample",
-                title="keypoints per sample: point_codes+crop_codes (o median, : p90); "
+                title="keypoints per sample in a loader worker (o median, : p90); "
                 "first release's points(i)+crop_points (x)")
     mem_ax.axhline(200, color="k", linewidth=0.8)
     mem_ax.set(xscale="log", xlabel="images in the cache (N)", ylabel="MiB added per loader worker",

@@ -4,8 +4,9 @@ ratio kamim-cached / simmim, against the number of images N in the cache (2 k ..
 Synthetic caches (bench/scale_data.py: written by kamim.cache.zarr_store.write_zarr, FAST-like Poisson(1,400)
 and SIFT-like Poisson(400) points per image) are read through the real reader (kamim.cache.open_cache: the
 derived flat file) by real DataLoader workers (forkserver, as `kamim pretrain` starts them):
-- keypoint cost: the worker's keypoint work, ``train.crop_select.cached_sample_points`` (``point_codes(i)`` +
-  ``train.crop_codes.code_crop``; the step maps the batch's codes on the device), per sample in random order, timed inside the
+- keypoint cost: the worker's keypoint work, ``train.crop_select.cached_sample_points`` (``point_codes(i)``, the
+  crop noted) plus its share of collate's ``train.crop_codes.code_maps`` (the step then maps the batch's
+  codes on the device), per sample in random order, timed inside the
   worker (thread CPU time, so 8 workers on 2 cores measure cost, not waiting), median and p90;
 - open: the first call in each worker (header, store key, crc32c of offsets/scale/status);
 - memory: /proc/<pid>/smaps_rollup of each worker before the open and after its samples: anonymous
@@ -14,7 +15,8 @@ derived flat file) by real DataLoader workers (forkserver, as `kamim pretrain` s
 - loader ratio: images/s of PretrainSamples cached vs simmim on real photos indexed modulo their count
   (default the ImageNet-sized ones of bench/large_photos.py; --ratio-source photos for the 224 px set).
 
-    python -m bench.scale                       # N = 2k, 20k, 200k, 300k (first run writes the caches)
+    python -m bench.scale                       # N = 2k .. 1.28M, FAST- and SIFT-like (the first run writes
+                                                # the caches: ~12 min and 11 GB of zarr + 13 GB of flat files)
     python -m bench.scale --sizes 2000,1280000  # any N list
     python -m bench.scale --quick               # N = 2k, 20k, 2 workers: checks it works
 """
@@ -24,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import shutil
 import time
 from dataclasses import dataclass
 
@@ -59,13 +62,14 @@ class KeypointProbe:
     def __init__(self, cache, size: int = 192) -> None:  # noqa: ANN001
         self.cache, self.size = cache, size
         self.served = 0
+        self.crops: list[tuple] = []
 
     def __len__(self) -> int:
         return len(self.cache)
 
     def __getitem__(self, index: int) -> dict:
         from kamim.train.augment import crop_points, sample_crop, sample_seed, seeded
-        from kamim.train.crop_codes import code_crop, crop_codes
+        from kamim.train.crop_codes import code_maps, crop_codes
         from kamim.train.crop_select import cached_sample_points
 
         item: dict = {"pid": os.getpid()}
@@ -78,19 +82,24 @@ class KeypointProbe:
         with seeded(sample_seed(0, 0, index)):
             crop = sample_crop(height, int(height * 1.3), self.size)
         # The worker's keypoint work for a plain cache, as PretrainSamples calls it (kamim.train.crop_select.
-        # cached_sample_points): read the stored codes and compute the crop's map of them (the step maps the
-        # whole batch on the device). Then its two parts again (the second read finds the data in the CPU
-        # cache), and, untimed by the target, the chained reference the first release's loader ran in the
-        # worker (points(i), then crop_points) and the one-step CPU map that selection caches use.
+        # cached_sample_points): read the stored codes and note the crop; collate turns each batch's crops
+        # into the maps the step applies on the device (code_maps, timed below per batch of 32). Then the
+        # read again (the second finds the data in the CPU cache), and, untimed by the target, the chained
+        # reference the first release's loader ran in the worker (points(i), then crop_points) and the
+        # one-step CPU map that selection caches use.
         wall, cpu = time.perf_counter_ns(), time.thread_time_ns()
-        cached_sample_points(self.cache, index, crop, self.size)
+        fields = cached_sample_points(self.cache, index, crop, self.size)
         end = time.thread_time_ns()
         item["cpu_ns"], item["wall_ns"] = end - cpu, time.perf_counter_ns() - wall
+        self.crops.append(fields["code_crop"])
+        if len(self.crops) == 32:
+            began = time.thread_time_ns()
+            code_maps(self.crops)
+            item["collate_map_ns"] = (time.thread_time_ns() - began) / 32
+            self.crops = []
         began = time.thread_time_ns()
         codes, sx, sy = self.cache.point_codes(index)
-        middle = time.thread_time_ns()
-        code_crop(self.cache.steps, sx, sy, crop, self.size)
-        item["points_ns"], item["crop_ns"] = middle - began, time.thread_time_ns() - middle
+        item["points_ns"] = time.thread_time_ns() - began
         began = time.thread_time_ns()
         crop_codes(codes, self.cache.steps, sx, sy, crop, self.size)
         item["cpu_map_ns"] = time.thread_time_ns() - began
@@ -116,9 +125,11 @@ def keypoint_path(cache_dir, workers: int, samples: int, seed: int) -> dict:  # 
     loader = DataLoader(KeypointProbe(cache), batch_size=32, sampler=order, num_workers=workers,
                         collate_fn=as_list, multiprocessing_context="forkserver")
     items = [item for batch in loader for item in batch]
-    cpu = np.array([i["cpu_ns"] for i in items]) / 1e3
+    collate_map = float(np.median([i["collate_map_ns"] for i in items if "collate_map_ns" in i])) / 1e3
+    cpu = np.array([i["cpu_ns"] for i in items]) / 1e3 + collate_map
     wall = np.array([i["wall_ns"] for i in items]) / 1e3
-    alone = {k: float(np.median([i[f"{k}_ns"] for i in items]) / 1e3) for k in ("points", "crop", "cpu_map", "chained")}
+    alone = {k: float(np.median([i[f"{k}_ns"] for i in items]) / 1e3) for k in ("points", "cpu_map", "chained")}
+    alone["collate_map"] = collate_map
     per_pid: dict[int, dict] = {}
     for item in items:
         entry = per_pid.setdefault(item["pid"], {})
@@ -132,7 +143,8 @@ def keypoint_path(cache_dir, workers: int, samples: int, seed: int) -> dict:  # 
         "workers": workers, "samples": len(items),
         "cost_us": {"median": float(np.median(cpu)), "p90": float(np.percentile(cpu, 90))},
         "wall_us": {"median": float(np.median(wall)), "p90": float(np.percentile(wall, 90))},
-        # point_codes(i), code_crop; the CPU map of selection caches (crop_codes); the chained reference
+        # point_codes(i) again; code_maps per sample; the CPU map of selection caches (crop_codes); the
+        # chained reference (points(i) + crop_points). cost_us = cached_sample_points + collate_map.
         "median_us_of": alone,
         "open_s": {"median": float(np.median(opens)), "max": float(max(opens))},
         "added_per_worker_mib": {k: float(max(a[k] for a in added)) for k in added[0]} if added else {},
@@ -186,8 +198,8 @@ def loader_ratio(cache_dir, detector: str, cfg: ScaleBenchConfig) -> dict:  # no
 @dataclass
 class ScaleBenchConfig:
     quick: bool = False
-    sizes: tuple[int, ...] = (2_000, 20_000, 200_000, 300_000)
-    detectors: tuple[str, ...] = ("fast",)  # --detectors fast,sift adds SIFT-like caches (first run writes them)
+    sizes: tuple[int, ...] = (2_000, 20_000, 200_000, 300_000, 1_280_000)
+    detectors: tuple[str, ...] = ("fast", "sift")  # FAST-like and SIFT-like caches (the first run writes them)
     worker_counts: tuple[int, ...] = (2, 8)
     samples: int = 2_000  # keypoint samples per (N, detector, workers)
     ratio_detectors: tuple[str, ...] = ("fast",)
@@ -196,9 +208,9 @@ class ScaleBenchConfig:
     ratio_source: str = "large"  # large: ImageNet-sized JPEGs (bench/large_photos.py); photos: 224 px
     ratio_workers: int = 0  # 0: all cores
     batch_size: int = 32
-    ratio_batches: int = 12
+    ratio_batches: int = 16
     ratio_skip: int = 3
-    ratio_repetitions: int = 3
+    ratio_repetitions: int = 7  # the VM is noisy: 3 repetitions put single runs 0.87-1.01 apart
 
 
 def ensure_flat(cache_dir, record: dict) -> dict:  # noqa: ANN001
@@ -218,6 +230,44 @@ def ensure_flat(cache_dir, record: dict) -> dict:  # noqa: ANN001
     return record
 
 
+BYTES_PER_IMAGE = {"fast": 1_460 + 5_640, "sift": 970 + 1_650}  # zarr + flat file, measured
+
+
+def fits_on_disk(n: int, detector: str) -> bool:
+    """False (and a log line) when N's caches are not written yet and would not fit the disk."""
+    from .scale_data import scale_root
+
+    if (scale_root() / f"{detector}-{n}.json").is_file():
+        return True
+    scale_root().mkdir(parents=True, exist_ok=True)
+    need, free = 1.1 * n * BYTES_PER_IMAGE[detector], shutil.disk_usage(scale_root()).free
+    if need <= free:
+        return True
+    log(f"scale: {detector} N={n:,} skipped: its cache and flat file need {need / 2**30:.1f} GiB, "
+        f"{free / 2**30:.1f} GiB free under {scale_root()}")
+    return False
+
+
+def warm_page_cache(path) -> float:  # noqa: ANN001
+    """Read the flat file once (as the first epoch does) so samples measure the steady state: seconds.
+    The other benchmark caches are dropped from the page cache first: each N is measured alone, not on
+    a machine whose memory other N's files fill (reclaiming it would count in the workers' CPU time)."""
+    from .scale_data import scale_root
+
+    for other in scale_root().rglob("*"):
+        if other.is_file() and other != path:
+            fd = os.open(other, os.O_RDONLY)
+            try:
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            finally:
+                os.close(fd)
+    began = time.perf_counter()
+    with open(path, "rb", buffering=0) as handle:
+        while handle.read(64 << 20):
+            pass
+    return round(time.perf_counter() - began, 2)
+
+
 def run(cfg: ScaleBenchConfig) -> dict:
     began = start(cfg)
     results: dict = {}
@@ -228,18 +278,20 @@ def run(cfg: ScaleBenchConfig) -> dict:
     for detector in cfg.detectors:
         for n in cfg.sizes:
             t0 = time.perf_counter()
+            if not fits_on_disk(n, detector):
+                continue
             cache_dir, record = synthetic_cache(n, detector)
             record = ensure_flat(cache_dir, record)
             log(f"scale: {detector} N={n:,}: zarr {record['bytes_per_image']:.0f} B/image (written in "
                 f"{record['write_s']} s), flat file {record['flat_bytes'] / 2**20:.0f} MiB (built in "
                 f"{record['flat_build_s']} s); ready in {time.perf_counter() - t0:.0f} s")
-            entry = {"cache": record, "keypoints": {}}
+            entry = {"cache": record, "keypoints": {}, "page_cache_warm_s": warm_page_cache(flat_path(cache_dir))}
             for workers in cfg.worker_counts:
                 k = keypoint_path(cache_dir, workers, cfg.samples, seed=n + workers)
                 entry["keypoints"][str(workers)] = k
                 log(f"  {workers} workers: keypoints {k['cost_us']['median']:.1f} us median, "
-                    f"{k['cost_us']['p90']:.1f} us p90 (point_codes {k['median_us_of']['points']:.1f}, code_crop "
-                    f"{k['median_us_of']['crop']:.1f}; CPU crop_codes {k['median_us_of']['cpu_map']:.1f}; "
+                    f"{k['cost_us']['p90']:.1f} us p90 (of which collate's code_maps {k['median_us_of']['collate_map']:.1f}; "
+                    f"point_codes again {k['median_us_of']['points']:.1f}; CPU crop_codes {k['median_us_of']['cpu_map']:.1f}; "
                     f"chained points(i)+crop_points "
                     f"{k['median_us_of']['chained']:.1f}); open {k['open_s']['max']:.3f} s; added per worker "
                     + ", ".join(f"{a} {v:.0f} MiB" for a, v in k["added_per_worker_mib"].items()))
@@ -257,7 +309,7 @@ def run(cfg: ScaleBenchConfig) -> dict:
                                           entry["loader"]["ratio"], 0.97 if int(n) >= 200_000 else None))
         worst = max(e["keypoints"][w]["cost_us"]["median"] for e in per_n.values() for w in e["keypoints"])
         ratios.append(ratio_entry(f"keypoint cost {detector} us/sample, worst median over N",
-                                  worst, 20.0, higher_is_better=False, note="cached_sample_points: point_codes(i)+code_crop"))
+                                  worst, 20.0, higher_is_better=False, note="cached_sample_points + code_maps share"))
         opens = max(e["keypoints"][w]["open_s"]["max"] for e in per_n.values() for w in e["keypoints"])
         ratios.append(ratio_entry(f"reader open {detector} s, worst worker", opens, 2.0, higher_is_better=False))
     payload = {"results": results, "ratios": ratios, "cores": cores()}
@@ -276,15 +328,16 @@ def config(quick: bool = False) -> ScaleBenchConfig:
 
 @click.command()
 @click.option("--quick", is_flag=True, help="N = 2k and 20k, 2 workers, fewer samples: checks it works.")
-@click.option("--sizes", help="Comma-separated N list (default 2000,20000,200000,300000).")
-@click.option("--detectors", help="Comma-separated: fast,sift (default fast).")
+@click.option("--sizes", help="Comma-separated N list (default 2000,20000,200000,300000,1280000).")
+@click.option("--detectors", help="Comma-separated: fast,sift (default both).")
 @click.option("--workers", help="Comma-separated loader worker counts (default 2,8).")
 @click.option("--samples", type=int, help="Keypoint samples per (N, workers) (default 2000).")
 @click.option("--ratio-min-n", type=int, help="Measure the loader ratio only for N at or above this.")
 @click.option("--ratio-source", type=click.Choice(["large", "photos"]), help="Real images for the loader ratio.")
+@click.option("--ratio-detectors", help="Comma-separated detectors to measure the loader ratio for (default fast).")
 @click.option("--merge", is_flag=True, help="Keep the other N already in scale.json (measure a few N at a time).")
 def main(quick: bool, sizes: str | None, detectors: str | None, workers: str | None, samples: int | None,
-         ratio_min_n: int | None, ratio_source: str | None, merge: bool) -> None:
+         ratio_min_n: int | None, ratio_source: str | None, ratio_detectors: str | None, merge: bool) -> None:
     """Keypoint cost, reader open time, memory per worker and loader ratio against the cache size N."""
     cfg = config(quick)
     if workers:
@@ -294,6 +347,8 @@ def main(quick: bool, sizes: str | None, detectors: str | None, workers: str | N
     if ratio_min_n is not None:
         cfg.ratio_min_n = ratio_min_n
     cfg.merge = merge
+    if ratio_detectors:
+        cfg.ratio_detectors = tuple(ratio_detectors.split(","))
     cfg.ratio_source = ratio_source or cfg.ratio_source
     if sizes:
         cfg.sizes = tuple(int(s) for s in sizes.split(","))

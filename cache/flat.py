@@ -48,6 +48,7 @@ FLAT_VERSION = 2
 MAGIC = b"KAMIMFLAT1\n"
 HEADER_BYTES = 4096
 ARRAYS = ("offsets", "points", "scale", "status")
+_TWO_INT64, _UINT32, _TWO_FLOAT64 = struct.Struct("<2q"), struct.Struct("<I"), struct.Struct("<2d")
 
 
 class StaleFlat(Exception):
@@ -153,7 +154,7 @@ class FlatPoints:
         # mapping: the kernel maps whole page-cache folios on a fault (hundreds of KiB per sample), which
         # made every worker's RSS and PSS grow with the pages it had touched; pread copies 5.6 KB and
         # leaves the file to the page cache.
-        self._at = {name: self.sections[name][0] for name in ("offsets", "scale", "image_crc", "points")}
+        self._at = tuple(self.sections[name][0] for name in ("offsets", "scale", "image_crc", "points"))
 
     def __del__(self) -> None:
         if getattr(self, "_fd", None) is not None:
@@ -168,13 +169,13 @@ class FlatPoints:
         against their crc32c) and its detect scale."""
         if not 0 <= index < self.images:
             raise IndexError(f"image {index} out of range for {self.images} images")
-        at = self._at
-        start, end = struct.unpack_from("<2q", self._map, at["offsets"] + 8 * index)
-        data = os.pread(self._fd, 4 * (end - start), at["points"] + 4 * start)
-        if len(data) != 4 * (end - start) or google_crc32c.value(data) != struct.unpack_from(
-                "<I", self._map, at["image_crc"] + 4 * index)[0]:
+        offsets_at, scale_at, crc_at, points_at = self._at
+        start, end = _TWO_INT64.unpack_from(self._map, offsets_at + 8 * index)
+        data = os.pread(self._fd, 4 * (end - start), points_at + 4 * start)
+        if len(data) != 4 * (end - start) or google_crc32c.value(data) != _UINT32.unpack_from(
+                self._map, crc_at + 4 * index)[0]:
             raise StaleFlat(f"{self.path}: points of image {index} fail their checksum")
-        sx, sy = struct.unpack_from("<2d", self._map, at["scale"] + 16 * index)
+        sx, sy = _TWO_FLOAT64.unpack_from(self._map, scale_at + 16 * index)
         return np.frombuffer(data, dtype="<u2"), sx, sy
 
 

@@ -227,27 +227,26 @@ class ZarrCache:
         self.manifest = manifest if manifest is not None else read_manifest(self.path)
         self.steps = int(self.manifest["subpixel_steps"])
         del preload_bytes  # accepted for old callers: one path now serves every cache size
-        self._pid: int | None = None
+        self._flat = None
 
     def __len__(self) -> int:
         return int(self.manifest["dataset"]["count"])
 
     def __getstate__(self) -> dict:
-        # Sent to spawned workers: the manifest only, never open handles.
+        # Sent to spawned workers: the manifest only, never open handles. (A forked worker inherits the
+        # open file as it is: reads are positionless preads and lookups in a read-only mapping.)
         state = {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
-        return {**state, "_pid": None}
+        return {**state, "_flat": None}
 
     def _open(self) -> None:
-        if self._pid == os.getpid():
-            return
-        self._flat = open_flat(self.path, self.manifest)
-        self._pid = os.getpid()
+        if self._flat is None:
+            self._flat = open_flat(self.path, self.manifest)
 
     def _codes(self, index: int) -> np.ndarray:
         return self._sample(index)[0]
 
     def _sample(self, index: int) -> tuple[np.ndarray, float, float]:
-        if self._pid != os.getpid():
+        if self._flat is None:
             self._open()
         try:
             return self._flat.sample(index)

@@ -86,3 +86,25 @@ def test_launcher_reports_a_user_error_as_one_line(tmp_path):  # noqa: ANN001
                             cwd=tmp_path, env=environment(tmp_path), capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and "--model nope: unknown model" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_batch_of_cache_codes_maps_into_its_crops_on_xla_as_on_the_cpu(xla):  # noqa: ANN001
+    import numpy as np
+
+    from kamim.train.augment import sample_crop, seeded
+    from kamim.train.crop_codes import FAR, batch_points, code_crop, code_maps
+
+    rng = np.random.default_rng(0)
+    codes = torch.from_numpy(rng.integers(0, 400 * 16, (4, 256, 2)).astype(np.int32))
+    crops = []
+    for k in range(4):
+        with seeded(k):
+            crops.append(code_crop(16, 0.5, 0.5, sample_crop(800, 900)))
+    code_map, code_bounds = code_maps(crops)
+    batch = {"codes": codes, "counts": torch.tensor([256, 100, 0, 256]), "code_map": code_map, "code_bounds": code_bounds}
+    on_cpu, _ = batch_points(batch)
+    on_xla, _ = batch_points({k: v.to(xla.device) for k, v in batch.items()})
+    on_xla = on_xla.cpu()
+    kept = on_cpu[..., 0] > FAR / 2
+    assert 100 < int(kept.sum()) < kept.numel() and torch.equal(on_xla[..., 0] > FAR / 2, kept)
+    assert torch.allclose(on_xla, on_cpu, atol=1e-4)
