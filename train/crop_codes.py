@@ -93,16 +93,16 @@ def code_maps(crops: list[tuple[float, ...]]) -> tuple[torch.Tensor, torch.Tenso
 def batch_points(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """(points [B,P,2] float32 crop pixels, counts [B]) of a collated batch, on the batch's device.
 
-    A batch of plain-cache samples carries ``codes`` int32 [B,P,2], ``code_map`` float32 [B,2,2] (a, b)
-    and ``code_bounds`` int32 [B,2,2] (lo, hi); its points are mapped here, dropped ones moved to FAR.
-    Other batches carry ``points`` already."""
+    A batch of plain-cache samples carries ``codes`` int32 [B,2,P] (each sample's x codes, then its y
+    codes, as stored), ``code_map`` float32 [B,2,2] (a, b) and ``code_bounds`` int32 [B,2,2] (lo, hi); its
+    points are mapped here, dropped ones moved to FAR. Other batches carry ``points`` already."""
     if "codes" not in batch:
         return batch["points"], batch["counts"]
     codes, scale, bounds = batch["codes"], batch["code_map"], batch["code_bounds"]
-    low, high = bounds[..., 0][:, None, :], bounds[..., 1][:, None, :]  # [B,1,2]
-    kept = ((codes >= low) & (codes < high)).all(dim=-1, keepdim=True)
-    points = (codes - low).to(torch.float32) * scale[..., 0][:, None, :] + scale[..., 1][:, None, :]
-    return torch.where(kept, points, torch.full_like(points, FAR)), batch["counts"]
+    low, high = bounds[..., 0:1], bounds[..., 1:2]  # [B,2,1]
+    kept = ((codes >= low) & (codes < high)).all(dim=1)  # [B,P]
+    points = ((codes - low).to(torch.float32) * scale[..., 0:1] + scale[..., 1:2]).transpose(1, 2)  # [B,P,2]
+    return torch.where(kept[..., None], points, torch.full_like(points, FAR)), batch["counts"]
 
 
 def batch_point_lists(batch: dict[str, torch.Tensor]) -> list[np.ndarray]:

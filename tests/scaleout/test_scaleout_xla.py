@@ -95,7 +95,7 @@ def test_a_batch_of_cache_codes_maps_into_its_crops_on_xla_as_on_the_cpu(xla):  
     from kamim.train.crop_codes import FAR, batch_points, code_crop, code_maps
 
     rng = np.random.default_rng(0)
-    codes = torch.from_numpy(rng.integers(0, 400 * 16, (4, 256, 2)).astype(np.int32))
+    codes = torch.from_numpy(rng.integers(0, 400 * 16, (4, 2, 256)).astype(np.int32))
     crops = []
     for k in range(4):
         with seeded(k):

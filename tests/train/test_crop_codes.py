@@ -104,7 +104,7 @@ def test_the_step_maps_a_collated_batch_of_codes_as_crop_codes_does_and_rasters_
                         "codes": codes, "code_crop": code_crop(STEPS, detect, detect, crop)})
         expected.append(crop_codes(codes, STEPS, detect, detect, crop)[0])
     batch = collate(samples)
-    assert batch["codes"].dtype == torch.int32 and batch["codes"].shape[1] % 64 == 0
+    assert batch["codes"].dtype == torch.int32 and batch["codes"].shape[1] == 2 and batch["codes"].shape[2] % 64 == 0
     got = batch_point_lists(batch)
     assert sum(len(e) for e in expected) > 10_000
     for mapped, reference in zip(got, expected, strict=True):
