@@ -8,11 +8,13 @@ keeps is an integer interval of codes [lo, hi).
 
 - ``crop_codes``: the folded map on the CPU, for one sample (selection caches need crop coordinates in
   the worker to choose their points).
-- ``code_crop`` + ``batch_points``: for plain caches the worker only reads the codes (``point_codes``)
-  and computes the crop's four numbers per axis; the batch carries the codes padded as int32 and
-  ``batch_points`` maps them on the device, in one vectorised step for the whole batch, with the
-  dropped points moved far off the canvas (the ring raster drops them; it draws with "set", so order and
-  padding never matter). The per-sample cost in the worker is then one ``pread`` and a checksum.
+- ``code_crop`` + ``batch_points``: for plain caches the worker reads the codes (``point_codes``),
+  keeps the crop's rows (``crop_rows``: the codes are sorted by y, so one binary search) and computes the
+  crop's four numbers per axis; the batch carries the codes padded as int32 and ``batch_points`` maps
+  them on the device, in one vectorised step for the whole batch, with the points left of or right of
+  the crop moved far off the canvas (the ring raster drops them; it draws with "set", so order and
+  padding never matter). The per-sample cost in the worker is then one ``pread``, a checksum and a
+  binary search.
 """
 
 from __future__ import annotations
@@ -41,6 +43,17 @@ def _code_axis(steps: int, scale: float, start: int, length: int, size: int, fli
     return a, b, math.ceil(low_edge), math.ceil(high_edge)
 
 
+def crop_rows(codes: np.ndarray, y_low: int, y_high: int) -> tuple[np.ndarray, int]:
+    """(uint16 [2,m] view of the stored codes whose y code is in [y_low, y_high), index of the first):
+    the points sorted by y, the crop's rows are one binary search."""
+    n = len(codes) // 2
+    first, last = codes[n:].searchsorted(np.array((min(max(y_low, 0), 0xFFFF), min(max(y_high, 0), 0xFFFF)),
+                                                  np.uint16)).tolist()
+    if y_high > 0xFFFF:
+        last = n
+    return codes.reshape(2, n)[:, first:last], first
+
+
 def crop_codes(codes: np.ndarray, steps: int, sx: float, sy: float, crop: CropParams,
                size: int = 192) -> tuple[np.ndarray, int, np.ndarray]:
     """A cache's stored codes (``ZarrCache.point_codes``) moved straight into the crop: (xy, first, inside).
@@ -53,14 +66,10 @@ def crop_codes(codes: np.ndarray, steps: int, sx: float, sy: float, crop: CropPa
     float rounding (~1e-5 px) of the crop's edge. Since the y codes are sorted, the crop's rows are one
     binary search, and only their x codes are tested. The loader uses this for selection caches (their
     crop-time rule needs the crop coordinates); plain caches hand the codes to the step (code_crop)."""
-    n = len(codes) // 2
     ax, bx, x_low, x_high = _code_axis(steps, sx, crop.left, crop.width, size, crop.hflip)
     ay, by, y_low, y_high = _code_axis(steps, sy, crop.top, crop.height, size, crop.vflip)
-    clamp = [min(max(edge, 0), 0xFFFF) for edge in (y_low, y_high)]
-    first, last = codes[n:].searchsorted(np.array(clamp, np.uint16)).tolist()
-    if y_high > 0xFFFF:
-        last = n
-    window = codes.reshape(2, n)[:, first:last]
+    window, first = crop_rows(codes, y_low, y_high)
+    last = first + window.shape[1]
     x_low, x_high = min(max(x_low, 0), 0x10000), min(max(x_high, 0), 0x10000)
     if x_high - x_low > 0xFFFF:
         inside = np.ones(last - first, bool)

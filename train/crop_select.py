@@ -13,7 +13,7 @@ from kamim.cache.attrs_store import PointAttrs, open_point_attrs
 from kamim.cache.select import crop_scale, select_in_crop
 
 from .augment import CropParams, crop_points_keep
-from .crop_codes import code_crop, crop_codes
+from .crop_codes import code_crop, crop_codes, crop_rows
 
 _ATTRS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # cache reader -> PointAttrs | None
 
@@ -48,11 +48,12 @@ def cached_crop_points(cache: Any, index: int, crop: CropParams, size: int = 192
 
 
 def cached_sample_points(cache: Any, index: int, crop: CropParams, size: int = 192) -> dict[str, Any]:
-    """A cached sample's keypoint fields. A plain zarr cache hands over its stored codes (numpy uint16
-    [2n], read-only) and the crop's map of them (``code_crop``, 8 floats): collate pads them
+    """A cached sample's keypoint fields. A plain zarr cache hands over its stored codes in the crop's rows
+    (numpy uint16 [2,m], read-only) and the crop's map of them (``code_crop``, 8 numbers): collate pads them
     and the step maps them for the whole batch (kamim.train.crop_codes.batch_points). Selection caches
     and other readers hand over crop points (a float32 tensor [K,2])."""
     if hasattr(cache, "point_codes") and point_attrs(cache) is None:
         codes, sx, sy = cache.point_codes(index)
-        return {"codes": codes, "code_crop": code_crop(cache.steps, sx, sy, crop, size)}
+        crop_map = code_crop(cache.steps, sx, sy, crop, size)
+        return {"codes": crop_rows(codes, crop_map[6], crop_map[7])[0], "code_crop": crop_map}
     return {"points": torch.from_numpy(cached_crop_points(cache, index, crop, size))}

@@ -136,11 +136,11 @@ def collate(samples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
             points[row, : counts[row]] = s["points"].numpy()
         batch["points"], batch["counts"] = torch.from_numpy(points), torch.tensor(counts, dtype=torch.int64)
     if "codes" in samples[0]:  # a plain cache's stored codes: mapped into each crop on the device
-        counts = [len(s["codes"]) // 2 for s in samples]
+        counts = [s["codes"].shape[1] for s in samples]
         width = max(POINT_PAD, math.ceil(max(counts) / POINT_PAD) * POINT_PAD)
         codes = np.zeros((len(samples), 2, width), dtype=np.int32)  # [B, (x, y), P]: contiguous row copies
         for row, s in enumerate(samples):
-            codes[row, :, : counts[row]] = s["codes"].reshape(2, -1)  # numpy: x codes, then y codes
+            codes[row, :, : counts[row]] = s["codes"]  # numpy [2, m]: x codes, then y codes
         batch["codes"], batch["counts"] = torch.from_numpy(codes), torch.tensor(counts, dtype=torch.int64)
         batch["code_map"], batch["code_bounds"] = code_maps([s["code_crop"] for s in samples])
     return batch

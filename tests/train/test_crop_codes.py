@@ -8,7 +8,7 @@ import torch
 from kamim.cache.points import to_source
 from kamim.preprocess.raster import ring_maps_torch
 from kamim.train.augment import CropParams, crop_points, crop_points_keep, sample_crop, seeded
-from kamim.train.crop_codes import batch_point_lists, batch_points, code_crop, crop_codes
+from kamim.train.crop_codes import batch_point_lists, batch_points, code_crop, crop_codes, crop_rows
 from kamim.train.data import collate
 
 STEPS = 16
@@ -100,8 +100,11 @@ def test_the_step_maps_a_collated_batch_of_codes_as_crop_codes_does_and_rasters_
                              int(source_h * detect))
         with seeded(k):
             crop = sample_crop(source_h, source_w)  # the loader's RandomResizedCrop and flips
+        crop_map = code_crop(STEPS, detect, detect, crop)  # as the loader's worker hands a sample over
+        rows, _ = crop_rows(codes, crop_map[6], crop_map[7])
+        assert rows.shape[1] <= len(codes) // 2
         samples.append({"image": torch.zeros(3, 8, 8, dtype=torch.uint8), "mask": torch.zeros(2, 2),
-                        "codes": codes, "code_crop": code_crop(STEPS, detect, detect, crop)})
+                        "codes": rows, "code_crop": crop_map})
         expected.append(crop_codes(codes, STEPS, detect, detect, crop)[0])
     batch = collate(samples)
     assert batch["codes"].dtype == torch.int32 and batch["codes"].shape[1] == 2 and batch["codes"].shape[2] % 64 == 0
