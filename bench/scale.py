@@ -7,7 +7,8 @@ derived flat file) by real DataLoader workers (forkserver, as `kamim pretrain` s
 - keypoint cost: the worker's keypoint work, ``train.crop_select.cached_sample_points`` (``point_codes(i)``, the
   crop noted) plus its share of collate's ``train.crop_codes.code_maps`` (the step then maps the batch's
   codes on the device), per sample in random order, timed inside the
-  worker (thread CPU time, so 8 workers on 2 cores measure cost, not waiting), median and p90;
+  worker (thread CPU time, so 8 workers on 2 cores measure cost, not waiting; less the timer's own
+  ~1.5 us, measured beside each sample), median and p90;
 - open: the first call in each worker (header, store key, crc32c of offsets/scale/status);
 - memory: /proc/<pid>/smaps_rollup of each worker before the open and after its samples: anonymous
   (private, unshareable) and PSS (shared pages split between the processes mapping them, so each page
@@ -88,6 +89,8 @@ class KeypointProbe:
         # read again (the second finds the data in the CPU cache), and, untimed by the target, the chained
         # reference the first release's loader ran in the worker (points(i), then crop_points) and the
         # one-step CPU map that selection caches use.
+        empty = time.thread_time_ns()  # the timer's own cost in this context, subtracted below
+        item["timer_ns"] = time.thread_time_ns() - empty
         wall, cpu = time.perf_counter_ns(), time.thread_time_ns()
         fields = cached_sample_points(self.cache, index, crop, self.size)
         end = time.thread_time_ns()
@@ -127,10 +130,11 @@ def keypoint_path(cache_dir, workers: int, samples: int, seed: int) -> dict:  # 
                         collate_fn=as_list, multiprocessing_context="forkserver")
     items = [item for batch in loader for item in batch]
     collate_map = float(np.median([i["collate_map_ns"] for i in items if "collate_map_ns" in i])) / 1e3
-    cpu = np.array([i["cpu_ns"] for i in items]) / 1e3 + collate_map
+    timer = float(np.median([i["timer_ns"] for i in items])) / 1e3
+    cpu = np.array([i["cpu_ns"] for i in items]) / 1e3 - timer + collate_map
     wall = np.array([i["wall_ns"] for i in items]) / 1e3
     alone = {k: float(np.median([i[f"{k}_ns"] for i in items]) / 1e3) for k in ("points", "cpu_map", "chained")}
-    alone["collate_map"] = collate_map
+    alone["collate_map"], alone["timer"] = collate_map, timer
     per_pid: dict[int, dict] = {}
     for item in items:
         entry = per_pid.setdefault(item["pid"], {})
@@ -145,7 +149,8 @@ def keypoint_path(cache_dir, workers: int, samples: int, seed: int) -> dict:  # 
         "cost_us": {"median": float(np.median(cpu)), "p90": float(np.percentile(cpu, 90))},
         "wall_us": {"median": float(np.median(wall)), "p90": float(np.percentile(wall, 90))},
         # point_codes(i) again; code_maps per sample; the CPU map of selection caches (crop_codes); the
-        # chained reference (points(i) + crop_points). cost_us = cached_sample_points + collate_map.
+        # chained reference (points(i) + crop_points); the timer's own cost (thread_time_ns twice, median).
+        # cost_us = cached_sample_points - timer + collate_map.
         "median_us_of": alone,
         "open_s": {"median": float(np.median(opens)), "max": float(max(opens))},
         "added_per_worker_mib": {k: float(max(a[k] for a in added)) for k in added[0]} if added else {},

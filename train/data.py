@@ -136,11 +136,13 @@ def collate(samples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
             points[row, : counts[row]] = s["points"].numpy()
         batch["points"], batch["counts"] = torch.from_numpy(points), torch.tensor(counts, dtype=torch.int64)
     if "codes" in samples[0]:  # a plain cache's stored codes: mapped into each crop on the device
-        counts = [s["codes"].shape[1] for s in samples]
+        counts = [last - first for first, last in (s["code_rows"] for s in samples)]
         width = max(POINT_PAD, math.ceil(max(counts) / POINT_PAD) * POINT_PAD)
         codes = np.zeros((len(samples), 2, width), dtype=np.int32)  # [B, (x, y), P]: contiguous row copies
         for row, s in enumerate(samples):
-            codes[row, :, : counts[row]] = s["codes"]  # numpy [2, m]: x codes, then y codes
+            stored, (first, last), half = s["codes"], s["code_rows"], len(s["codes"]) // 2
+            codes[row, 0, : counts[row]] = stored[first:last]  # numpy: the x codes of the crop's rows
+            codes[row, 1, : counts[row]] = stored[half + first : half + last]  # and their y codes
         batch["codes"], batch["counts"] = torch.from_numpy(codes), torch.tensor(counts, dtype=torch.int64)
         batch["code_map"], batch["code_bounds"] = code_maps([s["code_crop"] for s in samples])
     return batch

@@ -101,10 +101,11 @@ def test_the_step_maps_a_collated_batch_of_codes_as_crop_codes_does_and_rasters_
         with seeded(k):
             crop = sample_crop(source_h, source_w)  # the loader's RandomResizedCrop and flips
         crop_map = code_crop(STEPS, detect, detect, crop)  # as the loader's worker hands a sample over
-        rows, _ = crop_rows(codes, crop_map[6], crop_map[7])
-        assert rows.shape[1] <= len(codes) // 2
+        first, last = crop_rows(codes, crop_map[6], crop_map[7])
+        y = codes[len(codes) // 2 :]
+        assert np.array_equal(np.flatnonzero((y >= crop_map[6]) & (y < crop_map[7])), np.arange(first, last))
         samples.append({"image": torch.zeros(3, 8, 8, dtype=torch.uint8), "mask": torch.zeros(2, 2),
-                        "codes": rows, "code_crop": crop_map})
+                        "codes": codes, "code_rows": (first, last), "code_crop": crop_map})
         expected.append(crop_codes(codes, STEPS, detect, detect, crop)[0])
     batch = collate(samples)
     assert batch["codes"].dtype == torch.int32 and batch["codes"].shape[1] == 2 and batch["codes"].shape[2] % 64 == 0
