@@ -129,7 +129,9 @@ def section(records: dict[str, dict], chart: Path | None) -> str:
     first = next(iter(records.values()))
     quick = any(r.get("quick") for r in records.values())
     lines = ["## Performance", "",
-             "Measured by `make bench` (CPU; `make bench-gpu` on a GPU). Each ratio compares variants run "
+             "Measured by `make bench` (CPU; `make bench-gpu` on a GPU; its first run writes the cache-scale "
+             "benchmark's synthetic caches up to 1.28 M images, about 24 GB and 15 minutes, skipping an N the "
+             "disk cannot hold). Each ratio compares variants run "
              "side by side in the same process (interleaved repetitions, median of paired ratios), so a "
              "busy machine slows both sides alike; absolute figures are for context.",
              "", f"Machine: {machine_line(first)}." + (" **Quick mode: small, noisy samples.**" if quick else ""),
