@@ -284,7 +284,7 @@ class ZarrCache:
         """(codes, sx, sy): image ``index``'s quantised points as stored at detect size, uint16 [2n], its
         x codes then its y codes (y non-decreasing: points are sorted by (y, x)), and its detect scale.
         ``points(i)`` is ``(codes / steps + 0.5) / (sx, sy) - 0.5``; a loader that moves the points
-        through a crop folds both maps into one (kamim.train.crop_select.crop_codes)."""
+        through a crop folds both maps into one (kamim.train.crop_codes)."""
         return self._sample(index if index >= 0 else self._check_index(index))
 
     def sample(self, index: int, dataset) -> tuple[np.ndarray, np.ndarray, int]:

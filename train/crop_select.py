@@ -50,11 +50,12 @@ def cached_crop_points(cache: Any, index: int, crop: CropParams, size: int = 192
 def cached_sample_points(cache: Any, index: int, crop: CropParams, size: int = 192) -> dict[str, Any]:
     """A cached sample's keypoint fields. A plain zarr cache hands over its stored codes (numpy uint16 [2n],
     read-only), which of them lie in the crop's rows (``code_rows``: first, last) and the crop's map of
-    them (``code_crop``, 8 numbers): collate pads the rows
-    and the step maps them for the whole batch (kamim.train.crop_codes.batch_points). Selection caches
-    and other readers hand over crop points (a float32 tensor [K,2])."""
+    them (``code_crop``, 8 numbers): collate pads the rows and the step maps them for the whole batch
+    (kamim.train.crop_codes.batch_points). Selection caches and other readers hand over crop points (a
+    float32 tensor [K,2])."""
     if hasattr(cache, "point_codes") and point_attrs(cache) is None:
         codes, sx, sy = cache.point_codes(index)
         crop_map = code_crop(cache.steps, sx, sy, crop, size)
-        return {"codes": codes, "code_rows": crop_rows(codes, crop_map[6], crop_map[7]), "code_crop": crop_map}
+        y_low, y_high = crop_map[6:8]  # (a, b, lo, hi) for x, then for y
+        return {"codes": codes, "code_rows": crop_rows(codes, y_low, y_high), "code_crop": crop_map}
     return {"points": torch.from_numpy(cached_crop_points(cache, index, crop, size))}
