@@ -4,17 +4,21 @@ ratio kamim-cached / simmim, against the number of images N in the cache (2 k ..
 Synthetic caches (bench/scale_data.py: written by kamim.cache.zarr_store.write_zarr, FAST-like Poisson(1,400)
 and SIFT-like Poisson(400) points per image) are read through the real reader (kamim.cache.open_cache: the
 derived flat file) by real DataLoader workers (forkserver, as `kamim pretrain` starts them):
-- keypoint cost: the worker's keypoint work, ``train.crop_select.cached_sample_points`` (``point_codes(i)``, the
-  crop noted) plus its share of collate's ``train.crop_codes.code_maps`` (the step then maps the batch's
-  codes on the device), per sample in random order, timed inside the
-  worker (thread CPU time, so 8 workers on 2 cores measure cost, not waiting; less the timer's own
-  ~1.5 us, measured beside each sample), median and p90;
+- keypoint cost: the worker's keypoint work in the loader's order (PretrainSamples.__getitems__: a batch's
+  real images decoded and cropped first, then its keypoints back to back, ``train.crop_select.
+  cached_batch_points``: ``point_codes(i)``, the crop's rows and map) plus its share of collate's
+  ``train.crop_codes.code_maps`` (the step then maps the batch's codes on the device), per sample (the
+  batch's time / 32) in random order, timed inside the worker (thread CPU time, so 8 workers on 2 cores
+  measure cost, not waiting; less the timer's own ~1.5 us), median and p90 over the batches; every
+  other batch measures the first release's order instead (each sample's keypoints right after its own
+  image: ``one_by_one_us``, per sample), which costs about three times as much: the image work evicts
+  the CPU's caches before every call;
 - open: the first call in each worker (header, store key, crc32c of offsets/scale/status);
 - memory: /proc/<pid>/smaps_rollup of each worker before the open and after its samples: anonymous
   (private, unshareable) and PSS (shared pages split between the processes mapping them, so each page
   counts once in total); the flat file itself is page cache, counted once;
 - loader ratio: images/s of PretrainSamples cached vs simmim on real photos indexed modulo their count, and the
-  same loaders' CPU time per image, interleaved per sample in one process (work_ratio: robust to this VM's noise)
+  same loaders' CPU time per image, batch by batch in one process (work_ratio: robust to this VM's noise)
   (default the ImageNet-sized ones of bench/large_photos.py; --ratio-source photos for the 224 px set).
 
     python -m bench.scale                       # N = 2k .. 1.28M, FAST- and SIFT-like (the first run writes
@@ -38,6 +42,7 @@ import numpy as np
 from kamim.cache import open_cache
 from kamim.cache.flat import flat_path
 
+from .caches import source
 from .common import cores, log, ratio_entry, results_dir, start, write_result
 from .scale_data import synthetic_cache
 from .scale_loader import loader_ratio
@@ -60,80 +65,95 @@ _OPENED: dict[str, float] = {}  # per worker process: the open time, once
 
 
 class KeypointProbe:
-    """Map-style dataset: each item times the keypoint path in the worker that serves it."""
+    """Map-style dataset served a batch at a time (``__getitems__``, as PretrainSamples is): each batch
+    loads its real images as the loader does (decode + crop), and times the keypoint path in the worker."""
 
-    def __init__(self, cache, size: int = 192) -> None:  # noqa: ANN001
-        self.cache, self.size = cache, size
-        self.served = 0
-        self.crops: list[tuple] = []
+    def __init__(self, cache, images, size: int = 192) -> None:  # noqa: ANN001
+        self.cache, self.images, self.size = cache, images, size
+        self.served = self.batches = 0
 
     def __len__(self) -> int:
         return len(self.cache)
 
-    def __getitem__(self, index: int) -> dict:
-        from kamim.train.augment import crop_points, sample_crop, sample_seed, seeded
+    def __getitems__(self, indices: list[int]) -> list[dict]:
+        from kamim.datasets import read_or_next
+        from kamim.train.augment import crop_image, crop_points, sample_crop, sample_seed, seeded
         from kamim.train.crop_codes import code_maps, crop_codes
-        from kamim.train.crop_select import cached_sample_points
+        from kamim.train.crop_select import cached_batch_points, cached_sample_points
 
-        item: dict = {"pid": os.getpid()}
+        items: list[dict] = [{"pid": os.getpid()} for _ in indices]
         if "open_s" not in _OPENED:
-            item["mem_before"] = memory_kib()
+            items[0]["mem_before"] = memory_kib()
             began = time.perf_counter()
             self.cache.is_ok(0)  # the reader's open in this process
-            _OPENED["open_s"] = item["open_s"] = time.perf_counter() - began
-        height = int(round(256 / float(self.cache.scale(index)[1])))
-        with seeded(sample_seed(0, 0, index)):
-            crop = sample_crop(height, int(height * 1.3), self.size)
-        # The worker's keypoint work for a plain cache, as PretrainSamples calls it (kamim.train.crop_select.
-        # cached_sample_points): read the stored codes and note the crop; collate turns each batch's crops
-        # into the maps the step applies on the device (code_maps, timed below per batch of 32). Then the
-        # read again (the second finds the data in the CPU cache), and, untimed by the target, the chained
-        # reference the first release's loader ran in the worker (points(i), then crop_points) and the
-        # one-step CPU map that selection caches use.
+            _OPENED["open_s"] = items[0]["open_s"] = time.perf_counter() - began
+        crops = []
+        for index in indices:
+            height = int(round(256 / float(self.cache.scale(index)[1])))
+            with seeded(sample_seed(0, 0, index)):
+                crops.append(sample_crop(height, int(height * 1.3), self.size))
         empty = time.thread_time_ns()  # the timer's own cost in this context, subtracted below
-        item["timer_ns"] = time.thread_time_ns() - empty
-        wall, cpu = time.perf_counter_ns(), time.thread_time_ns()
-        fields = cached_sample_points(self.cache, index, crop, self.size)
-        end = time.thread_time_ns()
-        item["cpu_ns"], item["wall_ns"] = end - cpu, time.perf_counter_ns() - wall
-        self.crops.append(fields["code_crop"])
-        if len(self.crops) == 32:
+        timer = time.thread_time_ns() - empty
+        # The loader's order (PretrainSamples.__getitems__): the batch's images (decode + crop: they evict
+        # the CPU's caches), then its keypoints back to back (cached_batch_points), timed as one. Every other
+        # batch runs the first release's order instead: each sample's keypoints right after its own image.
+        grouped = self.batches % 2 == 0
+        for item, index, crop in zip(items, indices, crops, strict=True):
+            _, image, _ = read_or_next(self.images, index % len(self.images))
+            crop_image(image, crop, self.size)
+            if not grouped:
+                began = time.thread_time_ns()
+                cached_sample_points(self.cache, index, crop, self.size)
+                item["one_by_one_ns"] = time.thread_time_ns() - began - timer
+        if grouped:
+            began, wall = time.thread_time_ns(), time.perf_counter_ns()
+            fields = cached_batch_points(self.cache, indices, crops, self.size)
+            end = time.thread_time_ns()
+            cpu, wall = (end - began - timer) / len(indices), (time.perf_counter_ns() - wall) / len(indices)
             began = time.thread_time_ns()
-            code_maps(self.crops)
-            item["collate_map_ns"] = (time.thread_time_ns() - began) / 32
-            self.crops = []
-        began = time.thread_time_ns()
-        codes, sx, sy = self.cache.point_codes(index)
-        item["points_ns"] = time.thread_time_ns() - began
-        began = time.thread_time_ns()
-        crop_codes(codes, self.cache.steps, sx, sy, crop, self.size)
-        item["cpu_map_ns"] = time.thread_time_ns() - began
-        began = time.thread_time_ns()
-        crop_points(self.cache.points(index), crop, self.size)
-        item["chained_ns"] = time.thread_time_ns() - began
-        self.served += 1
-        if self.served % 128 == 1:
-            item["mem"] = memory_kib()
-        return item
+            code_maps([f["code_crop"] for f in fields])  # collate's share, per batch
+            collate_map = (time.thread_time_ns() - began) / len(indices)
+            for item in items:
+                item.update(cpu_ns=cpu, wall_ns=wall, collate_map_ns=collate_map, timer_ns=timer)
+        # Untimed by the target, on data the batch has just touched: the read alone, the one-step CPU map
+        # of selection caches, and the chained reference the first release's loader ran in the worker
+        # (points(i), then crop_points).
+        for item, index, crop in zip(items, indices, crops, strict=True):
+            began = time.thread_time_ns()
+            codes, sx, sy = self.cache.point_codes(index)
+            item["points_ns"] = time.thread_time_ns() - began
+            began = time.thread_time_ns()
+            crop_codes(codes, self.cache.steps, sx, sy, crop, self.size)
+            item["cpu_map_ns"] = time.thread_time_ns() - began
+            began = time.thread_time_ns()
+            crop_points(self.cache.points(index), crop, self.size)
+            item["chained_ns"] = time.thread_time_ns() - began
+            self.served += 1
+            if self.served % 128 == 1:
+                item["mem"] = memory_kib()
+        self.batches += 1
+        return items
 
 
 def as_list(items: list) -> list:
     return items
 
 
-def keypoint_path(cache_dir, workers: int, samples: int, seed: int) -> dict:  # noqa: ANN001
+def keypoint_path(cache_dir, images, workers: int, samples: int, seed: int) -> dict:  # noqa: ANN001
     """Random-order samples through a real DataLoader: cost, open time and memory per worker."""
     from torch.utils.data import DataLoader
 
     cache = open_cache(cache_dir)
     order = np.random.default_rng(seed).integers(0, len(cache), samples).tolist()
-    loader = DataLoader(KeypointProbe(cache), batch_size=32, sampler=order, num_workers=workers,
+    loader = DataLoader(KeypointProbe(cache, images), batch_size=32, sampler=order, num_workers=workers,
                         collate_fn=as_list, multiprocessing_context="forkserver")
     items = [item for batch in loader for item in batch]
-    collate_map = float(np.median([i["collate_map_ns"] for i in items if "collate_map_ns" in i])) / 1e3
-    timer = float(np.median([i["timer_ns"] for i in items])) / 1e3
-    cpu = np.array([i["cpu_ns"] for i in items]) / 1e3 - timer + collate_map
-    wall = np.array([i["wall_ns"] for i in items]) / 1e3
+    grouped = [i for i in items if "cpu_ns" in i][::32]  # one entry per batch: its cost per sample
+    collate_map = float(np.median([i["collate_map_ns"] for i in grouped])) / 1e3
+    timer = float(np.median([i["timer_ns"] for i in grouped])) / 1e3
+    cpu = np.array([i["cpu_ns"] for i in grouped]) / 1e3 + collate_map
+    wall = np.array([i["wall_ns"] for i in grouped]) / 1e3
+    one_by_one = np.array([i["one_by_one_ns"] for i in items if "one_by_one_ns" in i]) / 1e3
     alone = {k: float(np.median([i[f"{k}_ns"] for i in items]) / 1e3) for k in ("points", "cpu_map", "chained")}
     alone["collate_map"], alone["timer"] = collate_map, timer
     per_pid: dict[int, dict] = {}
@@ -147,11 +167,15 @@ def keypoint_path(cache_dir, workers: int, samples: int, seed: int) -> dict:  # 
     opens = [e["open_s"] for e in per_pid.values() if "open_s" in e]
     return {
         "workers": workers, "samples": len(items),
-        "cost_us": {"median": float(np.median(cpu)), "p90": float(np.percentile(cpu, 90))},
+        # Per sample in the loader's order (a batch's keypoints after its images): each batch's
+        # cached_batch_points / 32 + collate's code_maps share; median and p90 over the batches.
+        "cost_us": {"median": float(np.median(cpu)), "p90": float(np.percentile(cpu, 90)), "batches": len(cpu)},
         "wall_us": {"median": float(np.median(wall)), "p90": float(np.percentile(wall, 90))},
+        # The first release's order, per sample (cached_sample_points right after the sample's own image).
+        "one_by_one_us": {"median": float(np.median(one_by_one)), "p90": float(np.percentile(one_by_one, 90)),
+                          "samples": len(one_by_one)},
         # point_codes(i) again; code_maps per sample; the CPU map of selection caches (crop_codes); the
         # chained reference (points(i) + crop_points); the timer's own cost (thread_time_ns twice, median).
-        # cost_us = cached_sample_points - timer + collate_map.
         "median_us_of": alone,
         "open_s": {"median": float(np.median(opens)), "max": float(max(opens))},
         "added_per_worker_mib": {k: float(max(a[k] for a in added)) for k in added[0]} if added else {},
@@ -165,7 +189,7 @@ class ScaleBenchConfig:
     sizes: tuple[int, ...] = (2_000, 20_000, 200_000, 300_000, 1_280_000)
     detectors: tuple[str, ...] = ("fast", "sift")  # FAST-like and SIFT-like caches (the first run writes them)
     worker_counts: tuple[int, ...] = (2, 8)
-    samples: int = 2_000  # keypoint samples per (N, detector, workers)
+    samples: int = 4_096  # keypoint samples per (N, detector, workers): half in the loader's order
     ratio_detectors: tuple[str, ...] = ("fast",)
     ratio_min_n: int = 200_000  # measure the loader ratio only from this N up (the target's range)
     merge: bool = False  # keep the other N of an earlier scale.json (measure a few N at a time)
@@ -240,6 +264,7 @@ def run(cfg: ScaleBenchConfig) -> dict:
     if cfg.merge and previous.is_file():
         results = json.loads(previous.read_text())["results"]
     ratios = []
+    images = source(cfg.ratio_source, "train").open()  # what the keypoint probe's workers decode
     for detector in cfg.detectors:
         for n in cfg.sizes:
             t0 = time.perf_counter()
@@ -252,10 +277,11 @@ def run(cfg: ScaleBenchConfig) -> dict:
                 f"{record['flat_build_s']} s); ready in {time.perf_counter() - t0:.0f} s")
             entry = {"cache": record, "keypoints": {}, "page_cache_warm_s": warm_page_cache(flat_path(cache_dir))}
             for workers in cfg.worker_counts:
-                k = keypoint_path(cache_dir, workers, cfg.samples, seed=n + workers)
+                k = keypoint_path(cache_dir, images, workers, cfg.samples, seed=n + workers)
                 entry["keypoints"][str(workers)] = k
                 log(f"  {workers} workers: keypoints {k['cost_us']['median']:.1f} us median, "
-                    f"{k['cost_us']['p90']:.1f} us p90 (of which collate's code_maps {k['median_us_of']['collate_map']:.1f}; "
+                    f"{k['cost_us']['p90']:.1f} us p90 over batches (one by one after each image "
+                    f"{k['one_by_one_us']['median']:.1f} / {k['one_by_one_us']['p90']:.1f}; of which collate's code_maps {k['median_us_of']['collate_map']:.1f}; "
                     f"point_codes again {k['median_us_of']['points']:.1f}; CPU crop_codes {k['median_us_of']['cpu_map']:.1f}; "
                     f"chained points(i)+crop_points "
                     f"{k['median_us_of']['chained']:.1f}); open {k['open_s']['max']:.3f} s; added per worker "
@@ -274,13 +300,13 @@ def run(cfg: ScaleBenchConfig) -> dict:
                 if "work" in entry["loader"]:
                     ratios.append(ratio_entry(f"loader work kamim-cached/simmim {detector} N={int(n):,}",
                                               entry["loader"]["work"]["ratio"], target,
-                                              note="CPU time per image, interleaved per sample"))
+                                              note="CPU time per image, batches of both modes interleaved"))
                 ratios.append(ratio_entry(f"loader throughput kamim-cached/simmim {detector} N={int(n):,}",
                                           entry["loader"]["ratio"], None,
                                           note=f"median of {cfg.ratio_repetitions} paired repetitions, 2 workers"))
         worst = max(e["keypoints"][w]["cost_us"]["median"] for e in per_n.values() for w in e["keypoints"])
         ratios.append(ratio_entry(f"keypoint cost {detector} us/sample, worst median over N",
-                                  worst, 20.0, higher_is_better=False, note="cached_sample_points + code_maps share"))
+                                  worst, 20.0, higher_is_better=False, note="cached_batch_points / batch + code_maps share, after the batch's images"))
         opens = max(e["keypoints"][w]["open_s"]["max"] for e in per_n.values() for w in e["keypoints"])
         ratios.append(ratio_entry(f"reader open {detector} s, worst worker", opens, 2.0, higher_is_better=False))
     payload = {"results": results, "ratios": ratios, "cores": cores()}
@@ -291,7 +317,7 @@ def run(cfg: ScaleBenchConfig) -> dict:
 def config(quick: bool = False) -> ScaleBenchConfig:
     cfg = ScaleBenchConfig(quick=quick)
     if quick:
-        cfg.sizes, cfg.worker_counts, cfg.samples, cfg.ratio_repetitions = (2_000, 20_000), (2,), 1_000, 2
+        cfg.sizes, cfg.worker_counts, cfg.samples, cfg.ratio_repetitions = (2_000, 20_000), (2,), 512, 2
         cfg.ratio_min_n = 20_000
         cfg.ratio_batches, cfg.ratio_skip = 6, 2
         cfg.work_batches = 6
@@ -303,7 +329,7 @@ def config(quick: bool = False) -> ScaleBenchConfig:
 @click.option("--sizes", help="Comma-separated N list (default 2000,20000,200000,300000,1280000).")
 @click.option("--detectors", help="Comma-separated: fast,sift (default both).")
 @click.option("--workers", help="Comma-separated loader worker counts (default 2,8).")
-@click.option("--samples", type=int, help="Keypoint samples per (N, workers) (default 2000).")
+@click.option("--samples", type=int, help="Keypoint samples per (N, workers) (default 4096).")
 @click.option("--ratio-min-n", type=int, help="Measure the loader ratio only for N at or above this.")
 @click.option("--ratio-source", type=click.Choice(["large", "photos"]), help="Real images for the loader ratio.")
 @click.option("--ratio-detectors", help="Comma-separated detectors to measure the loader ratio for (default fast).")

@@ -55,7 +55,7 @@ def loader_ratio(cache_dir, detector: str, cfg: ScaleBenchConfig) -> dict:  # no
     rates = interleaved({"simmim": lambda: measure("simmim"), "cached": lambda: measure("cached")},
                         cfg.ratio_repetitions, log)
     work = work_ratio(dataset, cache, detector, cfg)
-    log(f"  loader work per image (CPU time, interleaved per sample): simmim {work['simmim_us']:.0f} us, "
+    log(f"  loader work per image (CPU time, batches interleaved): simmim {work['simmim_us']:.0f} us, "
         f"cached {work['cached_us']:.0f} us (collate {work['collate_us']['simmim']:.1f} / "
         f"{work['collate_us']['cached']:.1f} us per image): ratio {work['ratio']:.3f}")
     return {"images_per_s": {k: float(np.median(v)) for k, v in rates.items()}, "samples": rates,
@@ -64,31 +64,29 @@ def loader_ratio(cache_dir, detector: str, cfg: ScaleBenchConfig) -> dict:  # no
 
 
 def work_ratio(dataset, cache, detector: str, cfg: ScaleBenchConfig) -> dict:  # noqa: ANN001
-    """The loader's work per image, simmim against kamim-cached, as CPU time in one process: each random
-    index is loaded in both modes back to back (which goes first alternates, so neither always finds the
-    image file warm), and each batch of both is collated. A throughput ratio on this shared 2-core VM
-    moves by +-15% between repetitions; this one is what it converges to when the loader is CPU bound."""
+    """The loader's work per image, simmim against kamim-cached, as CPU time in one process: each batch of
+    random indices is fetched (``__getitems__``, as a DataLoader worker does) and collated in both modes
+    back to back (which goes first alternates, so neither always finds the CPU's caches warm). A
+    throughput ratio on this shared 2-core VM moves by +-15% between repetitions; this one is what it
+    converges to when the loader is CPU bound."""
     from kamim.train.data import PretrainSamples, collate
 
     modes = {m: PretrainSamples(dataset, m, 16, 0, cache if m == "cached" else None, detector)
              for m in ("simmim", "cached")}
     order = np.random.default_rng(len(cache)).integers(0, len(cache), cfg.work_batches * cfg.batch_size).tolist()
-    spent = {m: [] for m in modes}
-    collated = {m: [] for m in modes}
+    spent: dict[str, list[int]] = {m: [] for m in modes}
+    collated: dict[str, list[int]] = {m: [] for m in modes}
     for b in range(cfg.work_batches):
-        batch = {m: [] for m in modes}
-        for k, index in enumerate(order[b * cfg.batch_size : (b + 1) * cfg.batch_size]):
-            for mode in (("simmim", "cached") if k % 2 else ("cached", "simmim")):
-                began = time.thread_time_ns()
-                batch[mode].append(modes[mode][(0, index)])
-                spent[mode].append(time.thread_time_ns() - began)
+        keys = [(0, index) for index in order[b * cfg.batch_size : (b + 1) * cfg.batch_size]]
         for mode in (("simmim", "cached") if b % 2 else ("cached", "simmim")):
             began = time.thread_time_ns()
-            collate(batch[mode])
-            collated[mode].append(time.thread_time_ns() - began)
-    skip = cfg.batch_size  # the first batch warms both paths
-    per_image = {m: float(np.mean(spent[m][skip:])) / 1e3 + float(np.mean(collated[m][1:])) / 1e3 / cfg.batch_size
-                 for m in modes}
+            batch = modes[mode].__getitems__(keys)
+            fetched = time.thread_time_ns()
+            collate(batch)
+            spent[mode].append(fetched - began)
+            collated[mode].append(time.thread_time_ns() - fetched)
+    per_batch = {m: (float(np.mean(spent[m][1:])) + float(np.mean(collated[m][1:]))) / 1e3 for m in modes}
+    per_image = {m: per_batch[m] / cfg.batch_size for m in modes}  # the first batch warms both paths
     return {"simmim_us": per_image["simmim"], "cached_us": per_image["cached"],
             "collate_us": {m: float(np.mean(collated[m][1:])) / 1e3 / cfg.batch_size for m in modes},
-            "ratio": per_image["simmim"] / per_image["cached"], "images": len(order) - skip}
+            "ratio": per_image["simmim"] / per_image["cached"], "images": len(order) - cfg.batch_size}

@@ -92,11 +92,11 @@ def code_maps(crops: list[tuple[float, ...]]) -> tuple[torch.Tensor, torch.Tenso
     """A batch's ``code_crop`` tuples -> (code_map float32 [B,2,2] (a, b), code_bounds int32 [B,2,2] (lo, hi)):
     a kept code c (lo <= c < hi) lands at (c - lo) * a + b crop pixels. b is measured from lo, so on the
     device the float32 product stays small and lands within ~1e-5 px of the exact value."""
-    rows = np.array(crops, dtype=np.float64).reshape(-1, 2, 4)
-    low = np.clip(rows[..., 2], 0, 0x10000)
-    high = np.clip(rows[..., 3], low, 0x10000)
-    scale = np.stack([rows[..., 0], rows[..., 0] * low + rows[..., 1]], axis=-1)
-    return torch.from_numpy(scale.astype(np.float32)), torch.from_numpy(np.stack([low, high], -1).astype(np.int32))
+    rows = np.array(crops, dtype=np.float64).reshape(-1, 2, 4)  # few numpy calls: this runs in every batch
+    bounds = np.minimum(np.maximum(rows[..., 2:4], 0), 0x10000)
+    np.maximum(bounds[..., 1], bounds[..., 0], out=bounds[..., 1])  # an empty crop: hi = lo
+    rows[..., 1] += rows[..., 0] * bounds[..., 0]  # b measured from lo
+    return torch.from_numpy(rows[..., 0:2].astype(np.float32)), torch.from_numpy(bounds.astype(np.int32))
 
 
 def batch_points(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -23,7 +23,7 @@ from kamim.malloc import keep_freed_memory
 
 from .augment import crop_image, sample_crop, sample_seed, seeded
 from .crop_codes import code_maps
-from .crop_select import cached_sample_points
+from .crop_select import cached_batch_points
 from .distributed import rank_share
 from .masking import random_mask
 
@@ -55,20 +55,30 @@ class PretrainSamples(Dataset):
         return np.arange(len(self.dataset))
 
     def __getitem__(self, key: tuple[int, int]) -> dict[str, torch.Tensor]:
+        return self.__getitems__([key])[0]
+
+    def __getitems__(self, keys: list[tuple[int, int]]) -> list[dict[str, torch.Tensor]]:
+        """A batch of samples (torch's DataLoader fetches a batch through this): the images first, then the
+        batch's cached keypoints together (kamim.train.crop_select.cached_batch_points)."""
         keep_freed_memory()  # once per worker: big decode/SIFT buffers stop costing page faults
-        epoch, index = key
-        # A file that broke after the cache was built is dropped WITH its keypoints: the next readable
-        # sample stands in for both (deterministic, so resume and any worker count substitute alike).
-        used, image = self._image(index)
-        with seeded(sample_seed(self.seed, epoch, index)):
-            crop = sample_crop(image.shape[0], image.shape[1], self.img_size)
-            mask = random_mask(None, self.model_patch_size, self.img_size)
-        sample = {"image": crop_image(image, crop, self.img_size), "mask": mask}
+        samples, used, crops = [], [], []
+        for epoch, index in keys:
+            # A file that broke after the cache was built is dropped WITH its keypoints: the next readable
+            # sample stands in for both (deterministic, so resume and any worker count substitute alike).
+            source, image = self._image(index)
+            with seeded(sample_seed(self.seed, epoch, index)):
+                crop = sample_crop(image.shape[0], image.shape[1], self.img_size)
+                mask = random_mask(None, self.model_patch_size, self.img_size)
+            sample = {"image": crop_image(image, crop, self.img_size), "mask": mask}
+            if self.mode == "online":
+                sample["map"] = torch.from_numpy(online_ring_map(sample["image"], self.detector, self.gray))
+            samples.append(sample)
+            used.append(source)
+            crops.append(crop)
         if self.mode == "cached":
-            sample.update(cached_sample_points(self.cache, used, crop, self.img_size))
-        elif self.mode == "online":
-            sample["map"] = torch.from_numpy(online_ring_map(sample["image"], self.detector, self.gray))
-        return sample
+            for sample, fields in zip(samples, cached_batch_points(self.cache, used, crops, self.img_size), strict=True):
+                sample.update(fields)
+        return samples
 
     def _image(self, index: int) -> tuple[int, np.ndarray]:
         """(the index actually used, its image): ``index``, or the next readable sample the cache also

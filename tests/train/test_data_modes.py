@@ -44,3 +44,34 @@ def test_cached_and_online_samples_carry_this_images_keypoints(tmp_path):
     batch = collate([cached[(0, i)] for i in range(4)])
     assert batch["image"].dtype == torch.uint8 and batch["codes"].shape[0] == 4 and batch["counts"].min() > 0
     assert all(len(points) > 10 for points in batch_point_lists(batch))
+
+
+def test_a_batch_fetch_equals_the_samples_one_by_one_and_the_loader_serves_it(tmp_path):
+    """PretrainSamples.__getitems__ (what DataLoader workers call) reads the batch's keypoints after its images:
+    the same samples as fetching them one by one, and the same batches through forked workers."""
+    from torch.utils.data import DataLoader
+
+    from kamim.train.data import EpochBatches
+
+    root = make_folder(tmp_path / "data", count=6)
+    cache_dir = build_cache(CacheConfig(dataset="folder", data_root=str(root), detector="fast", detect_size=96,
+                                        workers=1, out=str(tmp_path / "c.zarr")))
+    dataset = open_dataset("folder", "train", str(root))
+    samples = PretrainSamples(dataset, "cached", 16, seed=5, cache=open_cache(cache_dir))
+    keys = [(1, 4), (1, 0), (1, 5), (1, 4)]
+    batch = samples.__getitems__(keys)
+    for key, fetched in zip(keys, batch, strict=True):
+        alone = samples[key]
+        assert fetched.keys() == alone.keys() and len(fetched["codes"]) > 20
+        for name in fetched:
+            assert np.array_equal(np.asarray(fetched[name]), np.asarray(alone[name])), name
+    sampler = EpochBatches(samples.usable_indices(), batch_size=3, seed=5)
+    loader = DataLoader(samples, batch_sampler=sampler, num_workers=2, collate_fn=collate,
+                        multiprocessing_context="fork")
+    for served, keys in zip(loader, sampler, strict=False):
+        expected = collate(samples.__getitems__(keys))
+        assert served.keys() == expected.keys()
+        for name in expected:
+            assert torch.equal(served[name], expected[name]), name
+        if keys[0][0] == 2:  # two epochs' worth
+            break
