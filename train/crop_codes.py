@@ -81,22 +81,23 @@ def crop_codes(codes: np.ndarray, steps: int, sx: float, sy: float, crop: CropPa
 
 
 def code_crop(steps: int, sx: float, sy: float, crop: CropParams, size: int = 192) -> tuple[float, ...]:
-    """The crop's map of a sample's stored codes: ``_code_axis`` for x, then y (eight numbers; this runs
-    once per sample in the loader worker, where building an array would cost more than the arithmetic).
-    ``code_maps`` turns a batch of them into the step's inputs."""
-    return (*_code_axis(steps, sx, crop.left, crop.width, size, crop.hflip),
-            *_code_axis(steps, sy, crop.top, crop.height, size, crop.vflip))
+    """The crop's map of a sample's stored codes, (a, b, lo, hi) for x then y (eight numbers): a kept code c
+    (lo <= c < hi, bounds clamped to the codes' range [0, 2**16]) lands at (c - lo) * a + b crop pixels; b
+    is measured from lo, so on the device the float32 product stays small and lands within ~1e-5 px of
+    the exact value. This runs once per sample in the loader worker, in plain Python (cheaper there than
+    numpy); ``code_maps`` only converts a batch of them."""
+    out: list[float] = []
+    for a, b, low, high in (_code_axis(steps, sx, crop.left, crop.width, size, crop.hflip),
+                            _code_axis(steps, sy, crop.top, crop.height, size, crop.vflip)):
+        low = min(max(low, 0), 0x10000)
+        out += (a, b + a * low, low, min(max(high, low), 0x10000))
+    return tuple(out)
 
 
 def code_maps(crops: list[tuple[float, ...]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """A batch's ``code_crop`` tuples -> (code_map float32 [B,2,2] (a, b), code_bounds int32 [B,2,2] (lo, hi)):
-    a kept code c (lo <= c < hi) lands at (c - lo) * a + b crop pixels. b is measured from lo, so on the
-    device the float32 product stays small and lands within ~1e-5 px of the exact value."""
-    rows = np.array(crops, dtype=np.float64).reshape(-1, 2, 4)  # few numpy calls: this runs in every batch
-    bounds = np.minimum(np.maximum(rows[..., 2:4], 0), 0x10000)
-    np.maximum(bounds[..., 1], bounds[..., 0], out=bounds[..., 1])  # an empty crop: hi = lo
-    rows[..., 1] += rows[..., 0] * bounds[..., 0]  # b measured from lo
-    return torch.from_numpy(rows[..., 0:2].astype(np.float32)), torch.from_numpy(bounds.astype(np.int32))
+    """A batch's ``code_crop`` tuples -> (code_map float32 [B,2,2] (a, b), code_bounds int32 [B,2,2] (lo, hi))."""
+    rows = np.array(crops, dtype=np.float64).reshape(-1, 2, 4)
+    return torch.from_numpy(rows[..., 0:2].astype(np.float32)), torch.from_numpy(rows[..., 2:4].astype(np.int32))
 
 
 def batch_points(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

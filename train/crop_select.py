@@ -48,21 +48,26 @@ def cached_crop_points(cache: Any, index: int, crop: CropParams, size: int = 192
 
 
 def cached_sample_points(cache: Any, index: int, crop: CropParams, size: int = 192) -> dict[str, Any]:
-    """A cached sample's keypoint fields. A plain zarr cache hands over its stored codes (numpy uint16 [2n],
-    read-only), which of them lie in the crop's rows (``code_rows``: first, last) and the crop's map of
-    them (``code_crop``, 8 numbers): collate pads the rows and the step maps them for the whole batch
-    (kamim.train.crop_codes.batch_points). Selection caches and other readers hand over crop points (a
-    float32 tensor [K,2])."""
-    if hasattr(cache, "point_codes") and point_attrs(cache) is None:
-        codes, sx, sy = cache.point_codes(index)
-        crop_map = code_crop(cache.steps, sx, sy, crop, size)
-        y_low, y_high = crop_map[6:8]  # (a, b, lo, hi) for x, then for y
-        return {"codes": codes, "code_rows": crop_rows(codes, y_low, y_high), "code_crop": crop_map}
-    return {"points": torch.from_numpy(cached_crop_points(cache, index, crop, size))}
+    """A cached sample's keypoint fields: ``cached_batch_points`` for one sample."""
+    return cached_batch_points(cache, [index], [crop], size)[0]
 
 
 def cached_batch_points(cache: Any, indices: list[int], crops: list[CropParams], size: int = 192) -> list[dict[str, Any]]:
-    """``cached_sample_points`` for a batch, back to back. Called after the batch's images, the keypoint
-    code runs warm: about 10 us a sample in a loader worker instead of about 35 when each call follows its
-    own image's decode (the decode evicts the CPU's caches; bench/scale.py measures both)."""
-    return [cached_sample_points(cache, index, crop, size) for index, crop in zip(indices, crops, strict=True)]
+    """The keypoint fields of a batch of cached samples, one dict each.
+
+    A plain zarr cache hands over each sample's stored codes (numpy uint16 [2n], read-only), which of them
+    lie in the crop's rows (``code_rows``: first, last) and the crop's map of them (``code_crop``, 8
+    numbers): collate pads the rows and the step maps them for the whole batch
+    (kamim.train.crop_codes.batch_points). The loader calls this after the batch's images, so the reads
+    run back to back on warm code: about 15 us a sample in a loader worker, against 40-90 when each
+    sample's call follows its own image's decode, which evicts the CPU's caches (bench/scale.py measures
+    both). Selection caches and other readers hand over crop points (a float32 tensor [K,2])."""
+    pairs = zip(indices, crops, strict=True)
+    if not hasattr(cache, "point_codes") or point_attrs(cache) is not None:
+        return [{"points": torch.from_numpy(cached_crop_points(cache, index, crop, size))} for index, crop in pairs]
+    read, steps, fields = cache.point_codes, cache.steps, []
+    for index, crop in pairs:
+        codes, sx, sy = read(index)
+        crop_map = code_crop(steps, sx, sy, crop, size)
+        fields.append({"codes": codes, "code_rows": crop_rows(codes, crop_map[6], crop_map[7]), "code_crop": crop_map})
+    return fields
