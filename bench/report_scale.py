@@ -18,7 +18,7 @@ def scale_lines(records: dict[str, dict], chart: Path | None) -> list[str]:
                 "| detector | N | zarr B/image | flat file MiB | flat build CPU s | workers | keypoint cost us "
                 "(median / p90; a batch's keypoints after its images) | one sample's keypoints right after its "
                 "image us (median) | first release's points(i)+crop_points us (warm) | open s (max) | "
-                "anon MiB / PSS MiB added per worker | kamim-cached/simmim |",
+                "anon MiB / PSS MiB added per worker (its image decodes included) | kamim-cached/simmim |",
                 "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for detector, per_n in rec["results"].items():
             for n, entry in sorted(per_n.items(), key=lambda item: int(item[0])):
