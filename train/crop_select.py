@@ -59,7 +59,7 @@ def cached_batch_points(cache: Any, indices: list[int], crops: list[CropParams],
     lie in the crop's rows (``code_rows``: first, last) and the crop's map of them (``code_crop``, 8
     numbers): collate pads the rows and the step maps them for the whole batch
     (kamim.train.crop_codes.batch_points). The loader calls this after the batch's images, so the reads
-    run back to back on warm code: about 15 us a sample in a loader worker, against 40-90 when each
+    run back to back on warm code: 13-26 us a sample in a loader worker, against 56-109 when each
     sample's call follows its own image's decode, which evicts the CPU's caches (bench/scale.py measures
     both). Selection caches and other readers hand over crop points (a float32 tensor [K,2])."""
     pairs = zip(indices, crops, strict=True)
