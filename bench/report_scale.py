@@ -16,10 +16,11 @@ def scale_lines(records: dict[str, dict], chart: Path | None) -> list[str]:
         out += ["", "Cache scale (synthetic caches written by the project's writer, read through the reader's "
                 "derived flat file by real DataLoader workers; `python -m bench.scale`):", "",
                 "| detector | N | zarr B/image | flat file MiB | flat build CPU s | workers | keypoint cost us "
-                "(median / p90; a batch's keypoints after its images) | one sample's keypoints right after its "
+                "(median / p90; a batch's keypoints after its images) | the same, flat-file pages resident us "
+                "(median / p90) | one sample's keypoints right after its "
                 "image us (median) | first release's points(i)+crop_points us (warm) | open s (max) | "
                 "anon MiB / PSS MiB added per worker (its image decodes included) | kamim-cached/simmim |",
-                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for detector, per_n in rec["results"].items():
             for n, entry in sorted(per_n.items(), key=lambda item: int(item[0])):
                 c = entry["cache"]
@@ -30,6 +31,8 @@ def scale_lines(records: dict[str, dict], chart: Path | None) -> list[str]:
                         f"| {detector} | {int(n):,} | {c['bytes_per_image']:.0f} | {c['flat_bytes'] / 2**20:,.0f} | "
                         f"{c.get('flat_build_cpu_s', c.get('flat_build_s', ''))} | {workers} | "
                         f"{k['cost_us']['median']:.1f} / {k['cost_us']['p90']:.1f} | "
+                        f"{k.get('resident_us', {}).get('median', float('nan')):.1f} / "
+                        f"{k.get('resident_us', {}).get('p90', float('nan')):.1f} | "
                         f"{k.get('one_by_one_us', {}).get('median', float('nan')):.1f} | "
                         f"{k['median_us_of'].get('chained', float('nan')):.1f} | {k['open_s']['max']:.3f} | "
                         f"{mem.get('Anonymous_mib', 0):.0f} / {mem.get('Pss_mib', 0):.0f} | {ratio} |")
@@ -62,6 +65,8 @@ def scale_chart(records: dict[str, dict], path: Path) -> Path | None:
             label = f"{detector}, {workers} workers"
             line = cost_ax.plot(ns, [k["cost_us"]["median"] for k in ks], "o-", label=f"{label} (median)")[0]
             cost_ax.plot(ns, [k["cost_us"]["p90"] for k in ks], ":", color=line.get_color())
+            if all("resident_us" in k for k in ks):
+                cost_ax.plot(ns, [k["resident_us"]["median"] for k in ks], "s-.", color=line.get_color(), alpha=0.8)
             if all("one_by_one_us" in k for k in ks):
                 cost_ax.plot(ns, [k["one_by_one_us"]["median"] for k in ks], "x--", color=line.get_color(), alpha=0.6)
             mem_ax.plot(ns, [k["added_per_worker_mib"].get("Anonymous_mib", 0) for k in ks], "o-", label=f"{label} anon")
@@ -69,8 +74,8 @@ def scale_chart(records: dict[str, dict], path: Path) -> Path | None:
                         alpha=0.6, label=f"{label} PSS")
     cost_ax.axhline(20, color="k", linewidth=0.8)
     cost_ax.set(xscale="log", xlabel="images in the cache (N)", ylabel="us per sample",
-                title="keypoints per sample in a loader worker, a batch's after its images (o median, : p90);\n"
-                "one sample's right after its own image (x, median)")
+                title="keypoints per sample in a loader worker, a batch's after its images (o median, : p90;\n"
+                "s: flat-file pages resident); one sample's right after its own image (x, median)")
     mem_ax.axhline(200, color="k", linewidth=0.8)
     mem_ax.set(xscale="log", xlabel="images in the cache (N)", ylabel="MiB added per loader worker",
                title="memory per worker (anonymous; PSS shares pages)")

@@ -3,13 +3,17 @@
 Why: a zarr read costs about a millisecond per image and decoding the delta codes a few tens of
 microseconds, and holding a decoded copy per DataLoader worker costs gigabytes at ImageNet scale. The
 flat file holds each image's absolute quantised positions (uint16: its x codes, then its y codes), so
-``points(i)`` is one ``pread`` of those bytes, a crc32c check and one multiply-add per column, the same
-cost at any N; the small arrays are memory-mapped; the OS page cache holds the file once for all workers.
+``points(i)`` is one 32-byte record lookup, one ``pread`` of those bytes, a crc32c check and one
+multiply-add per column, the same cost at any N; the small arrays are memory-mapped; the OS page cache
+holds the file once for all workers.
 
 Layout (one file, written to a unique temp name and renamed into place, so a reader never sees a
 partial file and two builders cannot corrupt each other): a 4 KiB header (magic, JSON, crc32c of the
-JSON), then 4 KiB-aligned sections ``offsets`` int64 [N+1], ``scale`` float64 [N,2], ``status`` uint8
-[N], ``points`` uint16 [2M] and ``image_crc`` uint32 [N] (crc32c of each image's codes).
+JSON), then 4 KiB-aligned sections ``offsets`` int64 [N+1], ``status`` uint8 [N], ``records`` [N] and
+``points`` uint16 [2M]. A record is 32 bytes, one CPU cache line: the image's first row (int64), its
+point count (uint32), the crc32c of its codes (uint32) and its detect scale (sx, sy float64). A sample
+needs only its record and its codes, so it touches one page of the small sections, not three: at 1.28 M
+images every such lookup is a cold miss in a loader worker (bench/scale.py).
 
 Trust: the header records a key hashed from the manifest, the zarr metadata and the names, sizes and
 mtimes of the store's files; any change to the store makes the file stale and it is rebuilt. Opening
@@ -37,6 +41,7 @@ import secrets
 import struct
 import subprocess
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 import google_crc32c
@@ -44,11 +49,12 @@ import numpy as np
 
 from kamim.errors import UserError
 
-FLAT_VERSION = 2
+FLAT_VERSION = 3
 MAGIC = b"KAMIMFLAT1\n"
 HEADER_BYTES = 4096
 ARRAYS = ("offsets", "points", "scale", "status")
-_TWO_INT64, _UINT32, _TWO_FLOAT64 = struct.Struct("<2q"), struct.Struct("<I"), struct.Struct("<2d")
+RECORD = np.dtype([("start", "<i8"), ("count", "<u4"), ("crc", "<u4"), ("scale", "<f8", (2,))])
+_RECORD = struct.Struct("<qIIdd")  # RECORD, unpacked without numpy
 
 
 class StaleFlat(Exception):
@@ -88,8 +94,8 @@ def store_key(cache_dir: str | os.PathLike, manifest: dict) -> str:
 
 def _layout(images: int, rows: int) -> tuple[dict[str, tuple[int, str, tuple]], int]:
     """{section: (byte offset, dtype, shape)} and the total file size."""
-    shapes = {"offsets": ("<i8", (images + 1,)), "scale": ("<f8", (images, 2)), "status": ("|u1", (images,)),
-              "image_crc": ("<u4", (images,)), "points": ("<u2", (2 * rows,))}
+    shapes = {"offsets": ("<i8", (images + 1,)), "status": ("|u1", (images,)), "records": (RECORD, (images,)),
+              "points": ("<u2", (2 * rows,))}
     sections, at = {}, HEADER_BYTES
     for name, (dtype, shape) in shapes.items():
         sections[name] = (at, dtype, shape)
@@ -137,24 +143,24 @@ class FlatPoints:
             raise StaleFlat(f"{path}: {size} bytes, expected {total}")
         self._map = mmap.mmap(self._fd, total, access=mmap.ACCESS_READ)
         mm = np.frombuffer(self._map, dtype=np.uint8)
-        for name in ("offsets", "scale", "status", "image_crc"):
+        for name in ("offsets", "status", "records"):
             if _crc(_section(mm, self.sections[name])) != header["crc"][name]:
                 raise StaleFlat(f"{path}: section {name} checksum mismatch")
         # Views of the mapping for bulk readers (plain ndarrays: indexing a np.memmap costs ~1 us more per
         # element, its subclass hooks).
         self.offsets = _section(mm, self.sections["offsets"])
-        self.scale = _section(mm, self.sections["scale"])
         self.status = _section(mm, self.sections["status"])
+        self.records = _section(mm, self.sections["records"])
+        self.scale = self.records["scale"]
         self.points = _section(mm, self.sections["points"])
-        self.image_crc = _section(mm, self.sections["image_crc"])
         self.checksummed_store = bool(header["checksummed_store"])
         self.images = int(header["images"])
-        # A sample reads its offsets, checksum and scale with struct from the mapping (a numpy lookup
-        # costs several times more in a busy loader worker) and its codes with pread, not through the
-        # mapping: the kernel maps whole page-cache folios on a fault (hundreds of KiB per sample), which
-        # made every worker's RSS and PSS grow with the pages it had touched; pread copies 5.6 KB and
-        # leaves the file to the page cache.
-        self._at = tuple(self.sections[name][0] for name in ("offsets", "scale", "image_crc", "points"))
+        # A sample reads its record with struct from the mapping (a numpy lookup costs several times more
+        # in a busy loader worker) and its codes with pread, not through the mapping: the kernel maps
+        # whole page-cache folios on a fault (hundreds of KiB per sample), which made every worker's RSS
+        # and PSS grow with the pages it had touched; pread copies 5.6 KB and leaves the file to the page
+        # cache.
+        self._records_at, self._points_at = self.sections["records"][0], self.sections["points"][0]
 
     def __del__(self) -> None:
         if getattr(self, "_fd", None) is not None:
@@ -162,21 +168,27 @@ class FlatPoints:
 
     def codes(self, index: int) -> np.ndarray:
         """uint16 [2n]: image ``index``'s x codes then y codes, checked against its crc32c."""
-        return self.sample(index)[0]
+        return self.samples((index,))[0][0]
 
     def sample(self, index: int) -> tuple[np.ndarray, float, float]:
         """(codes, sx, sy): image ``index``'s codes (uint16 [2n], x codes then y codes, read-only, checked
         against their crc32c) and its detect scale."""
-        if not 0 <= index < self.images:
-            raise IndexError(f"image {index} out of range for {self.images} images")
-        offsets_at, scale_at, crc_at, points_at = self._at
-        start, end = _TWO_INT64.unpack_from(self._map, offsets_at + 8 * index)
-        data = os.pread(self._fd, 4 * (end - start), points_at + 4 * start)
-        if len(data) != 4 * (end - start) or google_crc32c.value(data) != _UINT32.unpack_from(
-                self._map, crc_at + 4 * index)[0]:
-            raise StaleFlat(f"{self.path}: points of image {index} fail their checksum")
-        sx, sy = _TWO_FLOAT64.unpack_from(self._map, scale_at + 16 * index)
-        return np.frombuffer(data, dtype="<u2"), sx, sy
+        return self.samples((index,))[0]
+
+    def samples(self, indices: Iterable[int]) -> list[tuple[np.ndarray, float, float]]:
+        """``sample(i)`` for each index, in one loop (a loader batch: its lookups run back to back)."""
+        unpack, pread, crc, frombuffer = _RECORD.unpack_from, os.pread, google_crc32c.value, np.frombuffer
+        mapping, fd, images, records_at, points_at = self._map, self._fd, self.images, self._records_at, self._points_at
+        out = []
+        for index in indices:
+            if not 0 <= index < images:
+                raise IndexError(f"image {index} out of range for {images} images")
+            start, count, expected, sx, sy = unpack(mapping, records_at + 32 * index)
+            data = pread(fd, 4 * count, points_at + 4 * start)
+            if len(data) != 4 * count or crc(data) != expected:
+                raise StaleFlat(f"{self.path}: points of image {index} fail their checksum")
+            out.append((frombuffer(data, dtype="<u2"), sx, sy))
+        return out
 
 
 def build_flat(cache_dir: Path, dest: Path) -> None:
@@ -195,17 +207,19 @@ def build_flat(cache_dir: Path, dest: Path) -> None:
             os.posix_fallocate(handle.fileno(), 0, total)  # disk full fails here, not as SIGBUS in a memmap
         mm = np.memmap(tmp, dtype=np.uint8, mode="r+", shape=(total,))
         crcs = {}
-        for name, array in (("offsets", store.offsets), ("scale", store.scale), ("status", store.status)):
+        for name, array in (("offsets", store.offsets), ("status", store.status)):
             _section(mm, sections[name])[:] = array
             crcs[name] = _crc(array.astype(sections[name][1]))
         points = _section(mm, sections["points"])
         for first, end, q in store.point_batches():
             _transpose_into(points, store.offsets[first : end + 1], q)
         bounds = 2 * store.offsets
-        image_crc = np.fromiter((google_crc32c.value(points[a:b]) for a, b in zip(bounds[:-1], bounds[1:],
-                                                                                  strict=True)), np.uint32, images)
-        _section(mm, sections["image_crc"])[:] = image_crc
-        crcs["image_crc"] = _crc(image_crc)
+        records = np.zeros(images, RECORD)
+        records["start"], records["count"], records["scale"] = store.offsets[:-1], np.diff(store.offsets), store.scale
+        records["crc"] = np.fromiter((google_crc32c.value(points[a:b]) for a, b in zip(bounds[:-1], bounds[1:],
+                                                                                      strict=True)), np.uint32, images)
+        _section(mm, sections["records"])[:] = records
+        crcs["records"] = _crc(records)
         header = {"version": FLAT_VERSION, "key": key, "images": images, "rows": rows, "crc": crcs,
                   "steps": int(manifest["subpixel_steps"]), "checksummed_store": store.checksummed,
                   "store": str(Path(cache_dir).resolve())}

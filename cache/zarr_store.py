@@ -243,16 +243,16 @@ class ZarrCache:
             self._flat = open_flat(self.path, self.manifest)
 
     def _codes(self, index: int) -> np.ndarray:
-        return self._sample(index)[0]
+        return self._samples((index,))[0][0]
 
-    def _sample(self, index: int) -> tuple[np.ndarray, float, float]:
+    def _samples(self, indices) -> list[tuple[np.ndarray, float, float]]:  # noqa: ANN001
         if self._flat is None:
             self._open()
         try:
-            return self._flat.sample(index)
+            return self._flat.samples(indices)
         except StaleFlat:  # a block failed its checksum: never use the file, rebuild it
             self._flat = open_flat(self.path, self.manifest, discard=self._flat)
-            return self._flat.sample(index)
+            return self._flat.samples(indices)
 
     def _check_index(self, index: int) -> int:
         if not -len(self) <= index < len(self):
@@ -269,10 +269,8 @@ class ZarrCache:
 
         Bit for bit ``to_source(detect_points(i), scale(i))``, computed per column on contiguous memory
         (the result is a column-major [N,2] array)."""
-        index = self._check_index(index)
-        codes = self._codes(index)
+        codes, sx, sy = self._samples((self._check_index(index),))[0]
         n = len(codes) // 2
-        sx, sy = self._flat.scale[index]
         p = codes / self.steps
         p += 0.5
         p[:n] /= sx
@@ -285,7 +283,11 @@ class ZarrCache:
         x codes then its y codes (y non-decreasing: points are sorted by (y, x)), and its detect scale.
         ``points(i)`` is ``(codes / steps + 0.5) / (sx, sy) - 0.5``; a loader that moves the points
         through a crop folds both maps into one (kamim.train.crop_codes)."""
-        return self._sample(index if index >= 0 else self._check_index(index))
+        return self._samples((index if index >= 0 else self._check_index(index),))[0]
+
+    def batch_point_codes(self, indices: list[int]) -> list[tuple[np.ndarray, float, float]]:
+        """``point_codes(i)`` for each of a batch's indices (non-negative), read back to back in one loop."""
+        return self._samples(indices)
 
     def sample(self, index: int, dataset) -> tuple[np.ndarray, np.ndarray, int]:
         """(uint8 RGB image from ``dataset``, its points in source pixels, label); check_dataset first."""

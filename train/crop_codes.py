@@ -30,18 +30,28 @@ from .augment import CropParams
 FAR = -1.0e4  # where dropped points go: far enough off the canvas that no ring reaches it
 
 
-def _code_axis(steps: int, scale: float, start: int, length: int, size: int, flip: bool) -> tuple[float, float, int, int]:
-    """One axis of the map code -> crop pixel: (a, b, lo, hi), crop = code * a + b, kept codes [lo, hi).
+def _crop_map(steps: int, sx: float, sy: float, crop: CropParams, size: int) -> list:
+    """The map code -> crop pixel, per axis (a, b, lo, hi) for x then y: crop = code * a + b, and the kept
+    codes are [lo, hi), clamped to the codes' range [0, 2**16] (hi >= lo).
 
     crop = ((code / steps + 0.5) / scale - start) * size / length - 0.5 (then size - 1 - crop when
     flipped): ``to_source`` followed by ``crop_points``. A point is kept when its crop coordinate lies in
-    [-0.5, size - 0.5), decided after the flip as crop_points does (so (-0.5, size - 0.5] before it)."""
-    a = size / (steps * scale * length)
-    b = (0.5 / scale - start) * size / length - 0.5
-    low_edge, high_edge = steps * (start * scale - 0.5), steps * ((start + length) * scale - 0.5)
-    if flip:
-        return -a, size - 1 - b, math.floor(low_edge) + 1, math.floor(high_edge) + 1
-    return a, b, math.ceil(low_edge), math.ceil(high_edge)
+    [-0.5, size - 0.5), decided after the flip as crop_points does (so (-0.5, size - 0.5] before it).
+    Plain Python on floats and ints, written out: it runs once per sample in the loader worker, where
+    every call and numpy op costs a cold microsecond or more."""
+    out: list = []
+    for scale, start, length, flip in ((sx, crop.left, crop.width, crop.hflip), (sy, crop.top, crop.height, crop.vflip)):
+        a = size / (steps * scale * length)
+        b = (0.5 / scale - start) * size / length - 0.5
+        if flip:
+            a, b = -a, size - 1 - b
+            low = math.floor(steps * (start * scale - 0.5)) + 1
+            high = math.floor(steps * ((start + length) * scale - 0.5)) + 1
+        else:
+            low, high = math.ceil(steps * (start * scale - 0.5)), math.ceil(steps * ((start + length) * scale - 0.5))
+        low = 0 if low < 0 else 0x10000 if low > 0x10000 else low
+        out += (a, b, low, low if high < low else 0x10000 if high > 0x10000 else high)
+    return out
 
 
 def crop_rows(codes: np.ndarray, y_low: int, y_high: int) -> tuple[int, int]:
@@ -66,15 +76,13 @@ def crop_codes(codes: np.ndarray, steps: int, sx: float, sy: float, crop: CropPa
     float rounding (~1e-5 px) of the crop's edge. Since the y codes are sorted, the crop's rows are one
     binary search, and only their x codes are tested. The loader uses this for selection caches (their
     crop-time rule needs the crop coordinates); plain caches hand the codes to the step (code_crop)."""
-    ax, bx, x_low, x_high = _code_axis(steps, sx, crop.left, crop.width, size, crop.hflip)
-    ay, by, y_low, y_high = _code_axis(steps, sy, crop.top, crop.height, size, crop.vflip)
+    ax, bx, x_low, x_high, ay, by, y_low, y_high = _crop_map(steps, sx, sy, crop, size)
     first, last = crop_rows(codes, y_low, y_high)
     window = codes.reshape(2, -1)[:, first:last]
-    x_low, x_high = min(max(x_low, 0), 0x10000), min(max(x_high, 0), 0x10000)
     if x_high - x_low > 0xFFFF:
         inside = np.ones(last - first, bool)
     else:  # x_low <= x < x_high as one unsigned compare: codes below x_low wrap round to >= 2**16 - x_low
-        inside = np.subtract(window[0], np.uint16(min(x_low, 0xFFFF)), dtype=np.uint16) < max(x_high - x_low, 0)
+        inside = np.subtract(window[0], np.uint16(min(x_low, 0xFFFF)), dtype=np.uint16) < x_high - x_low
     out = window.compress(inside, axis=1) * np.array([[ax], [ay]])  # float64: one rounding, at the end
     out += np.array([[bx], [by]])
     return out.astype(np.float32).T, first, inside
@@ -84,14 +92,10 @@ def code_crop(steps: int, sx: float, sy: float, crop: CropParams, size: int = 19
     """The crop's map of a sample's stored codes, (a, b, lo, hi) for x then y (eight numbers): a kept code c
     (lo <= c < hi, bounds clamped to the codes' range [0, 2**16]) lands at (c - lo) * a + b crop pixels; b
     is measured from lo, so on the device the float32 product stays small and lands within ~1e-5 px of
-    the exact value. This runs once per sample in the loader worker, in plain Python (cheaper there than
-    numpy); ``code_maps`` only converts a batch of them."""
-    out: list[float] = []
-    for a, b, low, high in (_code_axis(steps, sx, crop.left, crop.width, size, crop.hflip),
-                            _code_axis(steps, sy, crop.top, crop.height, size, crop.vflip)):
-        low = min(max(low, 0), 0x10000)
-        out += (a, b + a * low, low, min(max(high, low), 0x10000))
-    return tuple(out)
+    the exact value. This runs once per sample in the loader worker; ``code_maps`` only converts a batch
+    of them."""
+    ax, bx, x_low, x_high, ay, by, y_low, y_high = _crop_map(steps, sx, sy, crop, size)
+    return ax, bx + ax * x_low, x_low, x_high, ay, by + ay * y_low, y_low, y_high
 
 
 def code_maps(crops: list[tuple[float, ...]]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -63,11 +63,10 @@ def cached_batch_points(cache: Any, indices: list[int], crops: list[CropParams],
     sample's call follows its own image's decode, which evicts the CPU's caches (bench/scale.py measures
     both). Selection caches and other readers hand over crop points (a float32 tensor [K,2])."""
     pairs = zip(indices, crops, strict=True)
-    if not hasattr(cache, "point_codes") or point_attrs(cache) is not None:
+    if not hasattr(cache, "batch_point_codes") or point_attrs(cache) is not None:
         return [{"points": torch.from_numpy(cached_crop_points(cache, index, crop, size))} for index, crop in pairs]
-    read, steps, fields = cache.point_codes, cache.steps, []
-    for index, crop in pairs:
-        codes, sx, sy = read(index)
+    steps, fields = cache.steps, []
+    for (codes, sx, sy), crop in zip(cache.batch_point_codes(indices), crops, strict=True):
         crop_map = code_crop(steps, sx, sy, crop, size)
         fields.append({"codes": codes, "code_rows": crop_rows(codes, crop_map[6], crop_map[7]), "code_crop": crop_map})
     return fields

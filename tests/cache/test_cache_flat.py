@@ -87,7 +87,7 @@ def test_flat_file_gives_exactly_the_zarr_points_for_every_index(big):
     assert np.array_equal(reader.counts, [len(p) for p in expected])
     assert int(reader.ok.sum()) == 12_600 - 1800 and not reader.is_ok(0) and reader.is_ok(1)
     assert flat_path(cache).stat().st_size > 16 * 2**20
-    assert len(reader._flat.image_crc) == len(expected)  # every image's codes carry their own checksum
+    assert len(reader._flat.records) == len(expected)  # every image's codes carry their own checksum
 
 
 def _flip(path: Path, at: int) -> None:
@@ -98,7 +98,7 @@ def _flip(path: Path, at: int) -> None:
         handle.write(bytes([byte[0] ^ 0x5A]))
 
 
-@pytest.mark.parametrize("damage", ["points", "header", "offsets", "truncate", "other-store"])
+@pytest.mark.parametrize("damage", ["points", "header", "offsets", "records", "truncate", "other-store"])
 def test_stale_or_damaged_flat_file_is_rebuilt_never_used(small, tmp_path, damage):
     source, expected = small
     cache = tmp_path / "c.zarr"
@@ -113,6 +113,8 @@ def test_stale_or_damaged_flat_file_is_rebuilt_never_used(small, tmp_path, damag
         _flip(flat, 40)
     elif damage == "offsets":
         _flip(flat, HEADER_BYTES + 8 * 500)
+    elif damage == "records":  # image 700's detect scale: found when the file is opened
+        _flip(flat, built._flat.sections["records"][0] + 32 * 700 + 20)
     elif damage == "truncate":
         os.truncate(flat, flat.stat().st_size - 4096)
     else:  # a valid flat file of another store put in its place
