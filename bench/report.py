@@ -13,7 +13,7 @@ from .common import REPO, results_dir
 from .report_scale import scale_chart, scale_lines
 
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
-ORDER = ("loader", "step", "build", "fidelity", "wds_vs_folder", "wds_stream", "scale", "gpu")
+ORDER = ("loader", "step", "build", "fidelity", "wds_vs_folder", "wds_stream", "scale", "host_pages", "gpu")
 
 
 def load(folder: Path) -> dict[str, dict]:

@@ -1,5 +1,5 @@
 """`make bench`: every CPU benchmark in turn (loader, step, peer, build, fidelity, wds vs folder, wds stream
-like for like, cache scale over N), each printing its ratio lines as it finishes, then the README Performance
+like for like, cache scale over N, this machine's cost of touching idle page-cache pages), each printing its ratio lines as it finishes, then the README Performance
 section and the charts.
 
     python -m bench.run_all                       # full run, ~15-20 min on 2 quiet cores (first run
@@ -22,7 +22,7 @@ import click
 from .common import ratio_line
 from .large_photos import ensure_large_photos
 
-BENCHMARKS = ("loader", "step", "peer", "build", "fidelity", "wds_vs_folder", "wds_stream", "scale")
+BENCHMARKS = ("loader", "step", "peer", "build", "fidelity", "wds_vs_folder", "wds_stream", "scale", "host_pages")
 
 
 @click.command()
