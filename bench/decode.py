@@ -1,4 +1,4 @@
-"""JPEG decode on the device, measured before it is built into the trainer: would it feed the GPU?
+"""JPEG decode on the device (what `kamim pretrain --decode device` does in the step): would it feed the GPU?
 
 - pixels: torchvision.io.decode_jpeg on the device (nvJPEG on CUDA, libjpeg on the CPU) against PIL (what
   the loader uses), on the ImageNet-sized bench photos; then the same crop (train.augment.crop_image: the

@@ -7,7 +7,8 @@ the loss is read from the device, so the timestamps are real): images between th
 last over the seconds between them. The first half is left out: worker start-up, the first parallel
 fill and a prefetch queue (2 batches per worker) that would otherwise flatter the loader.
 
-    python -m bench.e2e            # CPU: vit_t with 4 blocks, batch 16; cached FAST, SIFT, device FAST
+    python -m bench.e2e            # CPU: vit_t with 4 blocks, batch 16; cached FAST, SIFT, device FAST;
+                                   # cached and device FAST again with --decode device (JPEGs decoded in the step)
     python -m bench.e2e --quick    # tiny: checks it runs
     (GPU: python -m bench.gpu runs it at vit_b, bf16, batch 512)
 """
@@ -39,7 +40,9 @@ class E2EBenchConfig:
     overrides: dict = field(default_factory=lambda: {"depth": 4})
     batch_size: int = 16
     device: str = "auto"
-    methods: tuple[str, ...] = ("kamim-cached-fast", "kamim-cached-sift", "kamim-device-fast")
+    # "+decode": the same with --decode device (the workers ship JPEG bytes; the step decodes: nvJPEG on cuda)
+    methods: tuple[str, ...] = ("kamim-cached-fast", "kamim-cached-sift", "kamim-device-fast",
+                                "kamim-cached-fast+decode", "kamim-device-fast+decode")
     steps: int = 24  # pretrain steps per run (rate over the second half)
     log_every: int = 4
     pure_steps: int = 6  # pure-step timing: steps per block, two blocks (before and after the runs)
@@ -81,24 +84,27 @@ def pretrain_rate(run_dir: Path, batch_size: int) -> dict:
             "to_step": last["step"], "seconds": seconds, "records": len(records)}
 
 
-def parse_method(method: str) -> tuple[str, str, str]:
-    """simmim | kamim-cached-DETECTOR | kamim-device-fast -> (method, keypoints, detector)."""
-    if method == "simmim":
-        return "simmim", "cached", "fast"
-    _, keypoints, detector = method.split("-")
-    return "kamim", keypoints, detector
+def parse_method(method: str) -> tuple[str, str, str, str]:
+    """simmim | kamim-cached-DETECTOR | kamim-device-fast, each with an optional "+decode" (--decode device)
+    -> (method, keypoints, detector, decode)."""
+    name, _, device_decode = method.partition("+")
+    decode = "device" if device_decode == "decode" else "worker"
+    if name == "simmim":
+        return "simmim", "cached", "fast", decode
+    _, keypoints, detector = name.split("-")
+    return "kamim", keypoints, detector, decode
 
 
 def run_one(cfg: E2EBenchConfig, src: Source, method: str, workers: int, out: Path) -> dict:
     from kamim.train.pretrain import PretrainConfig, run_pretrain
 
-    kind, keypoints, detector = parse_method(method)
+    kind, keypoints, detector, decode = parse_method(method)
     cache = str(ensure_cache(src, detector, "zarr")) if (kind, keypoints) == ("kamim", "cached") else None
     pcfg = PretrainConfig(model=cfg.model, overrides=dict(cfg.overrides), method=kind, keypoints=keypoints, cache=cache,
                           detector=detector, dataset="folder", data_root=src.data_root, device=cfg.device,
                           out=str(out / method), steps=cfg.steps, batch_size=cfg.batch_size, workers=workers,
                           log_every=cfg.log_every, save_every=10**9, grid_every=0, keep_checkpoints=1,
-                          compile=cfg.compile)
+                          compile=cfg.compile, decode=decode)
     return pretrain_rate(run_pretrain(pcfg), cfg.batch_size)
 
 
@@ -106,7 +112,7 @@ def pure_step_rate(cfg: E2EBenchConfig, src: Source, device, method: str):  # no
     """A closure timing one block of pure steps (a resident real batch, the same trainer settings)."""
     from kamim.train.models import build_model
 
-    kind, keypoints, detector = parse_method(method)
+    kind, keypoints, detector, _ = parse_method(method)  # the pure step is fed decoded crops either way
     sample = next(iter(build_loader("cached-zarr", src, detector, min(cfg.batch_size, 64), 0)))
     batch = pinned(tiled(sample, cfg.batch_size), device)
     if kind == "simmim" or keypoints == "device":  # the loader hands over images and masks only
@@ -129,7 +135,7 @@ def run(cfg: E2EBenchConfig) -> dict:
     workers = cfg.workers or default_workers()
     src = repeated_photos(cfg.batch_size)
     for method in cfg.methods:
-        kind, keypoints, detector = parse_method(method)
+        kind, keypoints, detector, _ = parse_method(method)
         if (kind, keypoints) == ("kamim", "cached"):
             ensure_cache(src, detector, "zarr")
     log(f"e2e: {cfg.model} batch {cfg.batch_size} on {device.kind} ({device.precision}), {workers} workers, "
@@ -161,7 +167,7 @@ def config(quick: bool = False) -> E2EBenchConfig:
     cfg = E2EBenchConfig(quick=quick)
     if quick:
         cfg.overrides, cfg.batch_size, cfg.steps, cfg.log_every, cfg.pure_steps = {"depth": 1}, 8, 6, 2, 2
-        cfg.methods = ("kamim-cached-fast",)
+        cfg.methods = ("kamim-cached-fast", "kamim-cached-fast+decode")
     return cfg
 
 

@@ -24,10 +24,12 @@ from kamim.malloc import keep_freed_memory
 from .augment import crop_image, sample_crop, sample_seed, seeded
 from .crop_codes import code_maps
 from .crop_select import cached_batch_points
+from .device_decode import crop_row, read_jpeg
 from .distributed import rank_share
 from .masking import random_mask
 
 MODES = ("simmim", "cached", "online", "device")
+DECODES = ("worker", "device")  # where a sample's JPEG is decoded (train/device_decode.py)
 ORDER_KEY = 2**40  # the "index" that seeds an epoch's order: beyond any sample index
 POINT_PAD = 64  # pad the point count to a multiple of this: few distinct shapes for XLA
 
@@ -36,14 +38,16 @@ class PretrainSamples(Dataset):
     """Map-style: ``samples[(epoch, index)] -> dict`` (keys image, mask and points or map)."""
 
     def __init__(self, dataset: ImageDataset, mode: str, model_patch_size: int, seed: int, cache: Any = None,
-                 detector: str = "fast", gray: str = "bgr", img_size: int = 192) -> None:
+                 detector: str = "fast", gray: str = "bgr", img_size: int = 192, decode: str = "worker") -> None:
         if mode not in MODES:
             raise ValueError(f"mode {mode!r} not in {MODES}")
+        if decode not in DECODES or (decode == "device" and mode == "online"):
+            raise ValueError(f"decode {decode!r} with mode {mode!r}: online detection needs the crop in the worker")
         if mode == "cached" and cache is None:
             raise ValueError("cached mode needs a cache reader")
         self.dataset, self.mode, self.cache = dataset, mode, cache
         self.model_patch_size, self.seed, self.img_size = model_patch_size, seed, img_size
-        self.detector, self.gray = detector, gray
+        self.detector, self.gray, self.decode = detector, gray, decode
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -65,11 +69,20 @@ class PretrainSamples(Dataset):
         for epoch, index in keys:
             # A file that broke after the cache was built is dropped WITH its keypoints: the next readable
             # sample stands in for both (deterministic, so resume and any worker count substitute alike).
-            source, image = self._image(index)
+            jpeg = read_jpeg(self.dataset, index) if self.decode == "device" else None
+            if jpeg is None:
+                source, image = self._image(index)
+                height, width = image.shape[:2]
+            else:  # --decode device: the step decodes and crops it (same crop, drawn from the header's size)
+                source, (data, height, width) = index, jpeg
             with seeded(sample_seed(self.seed, epoch, index)):
-                crop = sample_crop(image.shape[0], image.shape[1], self.img_size)
+                crop = sample_crop(height, width, self.img_size)
                 mask = random_mask(None, self.model_patch_size, self.img_size)
-            sample = {"image": crop_image(image, crop, self.img_size), "mask": mask}
+            if jpeg is None:
+                sample = {"image": crop_image(image, crop, self.img_size), "mask": mask}
+            else:
+                sample = {"jpeg": torch.frombuffer(bytearray(data), dtype=torch.uint8),
+                          "jpeg_crop": crop_row(crop, self.img_size), "mask": mask}
             if self.mode == "online":
                 sample["map"] = torch.from_numpy(online_ring_map(sample["image"], self.detector, self.gray))
             samples.append(sample)
@@ -135,7 +148,14 @@ class EpochBatches(Sampler):
 def collate(samples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """Stack images/masks/maps; pad points (or a plain cache's codes, with their crop maps) to [B, P, 2]
     (P a multiple of 64) with their counts [B]."""
-    batch = {"image": torch.stack([s["image"] for s in samples]), "mask": torch.stack([s["mask"] for s in samples])}
+    batch = {"mask": torch.stack([s["mask"] for s in samples])}
+    if any("jpeg" in s for s in samples):  # --decode device: rows the step fills (train/device_decode.py)
+        size = int(next(s["jpeg_crop"] for s in samples if "jpeg" in s)[-1])
+        batch["image"] = torch.stack([s.get("image", torch.zeros(3, size, size, dtype=torch.uint8)) for s in samples])
+        batch["jpeg"] = [s.get("jpeg") for s in samples]
+        batch["jpeg_crop"] = torch.stack([s.get("jpeg_crop", torch.zeros(7, dtype=torch.int64)) for s in samples])
+    else:
+        batch["image"] = torch.stack([s["image"] for s in samples])
     if "map" in samples[0]:
         batch["map"] = torch.stack([s["map"] for s in samples])
     if "points" in samples[0]:

@@ -19,6 +19,9 @@ DEVICES = ("auto", "cpu", "cuda", "xla")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
 
+HOST_KEYS = ("jpeg", "jpeg_crop")
+
+
 @dataclass
 class Device:
     kind: str  # cpu | cuda | xla
@@ -43,7 +46,8 @@ class Device:
 
     def to(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         non_blocking = self.kind == "cuda"
-        return {k: v.to(self.device, non_blocking=non_blocking) for k, v in batch.items()}
+        # --decode device: the JPEG bytes and their crops stay on the host (decode_jpeg reads them there)
+        return {k: v if k in HOST_KEYS else v.to(self.device, non_blocking=non_blocking) for k, v in batch.items()}
 
     def reduce_gradients(self, optimizer: torch.optim.Optimizer) -> None:
         """XLA multi-process needs an explicit all-reduce before clipping (DDP does it in backward)."""

@@ -15,6 +15,7 @@ from torchvision.transforms.v2 import functional as TF
 
 from .augment import MEAN, STD
 from .device import Device
+from .device_decode import decode_batch
 from .masking import pixel_mask
 from .weighting import keypoint_pixel_weights, reconstruction_loss
 
@@ -110,7 +111,7 @@ def train_steps(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, s
         began = time.perf_counter()
         total, count = torch.zeros((), device=device.device), 0
         for micro in range(accumulation):
-            batch = device.to(next(batches))
+            batch = decode_batch(device.to(next(batches)))  # --decode device: the JPEGs, decoded here
             # DDP: all-reduce gradients only on the last micro-batch of the step.
             sync = micro == accumulation - 1 or not hasattr(model, "no_sync")
             with contextlib.nullcontext() if sync else model.no_sync():

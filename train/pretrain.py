@@ -104,6 +104,7 @@ class PretrainConfig:
     tensorboard: bool = False
     wandb: str | None = None
     compile: bool = False  # torch.compile the model, weighting and loss (same checkpoints either way)
+    decode: str = "worker"  # worker: loader workers decode the JPEGs; device: the step does (train/device_decode.py)
 
 
 def validate(cfg: PretrainConfig) -> None:
@@ -130,11 +131,27 @@ def validate(cfg: PretrainConfig) -> None:
         (cfg.warmup_steps is None or cfg.warmup_steps >= 0, "--warmup-steps must be >= 0"),
         (cfg.workers >= 0, f"--workers {cfg.workers}: must be >= 0"),
         (cfg.nan_policy in ("stop", "skip"), f"--nan-policy {cfg.nan_policy}: use stop or skip"),
+        (cfg.decode in ("worker", "device"), f"--decode {cfg.decode}: use worker or device"),
         (min(cfg.log_every, cfg.save_every) >= 1 and cfg.grid_every >= 0, "--log-every/--save-every must be >= 1"),
     ]
     for ok, message in checks:
         if not ok:
             raise UserError(message)
+
+
+def check_decode(cfg: PretrainConfig, mode: str, streamed: bool, dataset, device_kind: str) -> None:  # noqa: ANN001
+    """--decode device needs image files (a folder dataset, not CIFAR's arrays or a wds stream), a mode whose
+    keypoints do not come from the worker's crop, and a device decode_jpeg runs on."""
+    if cfg.decode != "device":
+        return
+    if mode == "online":
+        raise UserError("--decode device: online detection needs the crop in the loader worker; use --keypoints "
+                        "cached or device, or --decode worker")
+    if streamed or not hasattr(dataset, "files"):
+        what = "a webdataset stream" if streamed else f"--dataset {cfg.dataset} (arrays, not image files)"
+        raise UserError(f"--decode device reads JPEG files; {what} has none: use --decode worker")
+    if device_kind not in ("cuda", "cpu"):
+        raise UserError(f"--decode device: decode_jpeg runs on cuda or the cpu, not {device_kind}; use --decode worker")
 
 
 def default_run_dir(cfg: PretrainConfig) -> Path:
@@ -196,6 +213,7 @@ def run_pretrain(cfg: PretrainConfig) -> Path:
         if note:
             log(note, err=True)
         cfg = dataclasses.replace(cfg, keypoints=mode)  # resolved, as config.json records it
+    check_decode(cfg, mode, streamed, dataset, device.kind)
     with main_first(device):  # rank 0 builds a missing cache; the others then open it
         cache = open_training_cache(cfg, dataset, log) if mode == "cached" else None
     if cache is not None:
@@ -212,7 +230,7 @@ def run_pretrain(cfg: PretrainConfig) -> Path:
     check_compile(cfg.compile, device.kind)
     compile_module(model, cfg.compile)  # in place: state_dict keys stay the eager model's
     samples = None if streamed else PretrainSamples(dataset, mode, model.patch_size, cfg.seed, cache, cfg.detector,
-                                                    cfg.gray, IMG_SIZE)
+                                                    cfg.gray, IMG_SIZE, cfg.decode)
     indices = np.arange(len(cache)) if streamed else samples.usable_indices()
     try:
         batches_per_epoch = (wds_batches_per_epoch(len(cache), cfg.batch_size, device.world) if streamed else

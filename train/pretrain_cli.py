@@ -70,6 +70,9 @@ from .recipes import PRETRAIN_RECIPES  # no torch: flags are checked before the 
               help="A NaN/Inf loss: stop (one line naming the step; checkpoints stay finite) or skip that update and count it.")
 @click.option("--tensorboard", is_flag=True, help="Also log to TensorBoard (needs tensorboard installed).")
 @click.option("--wandb", default=None, metavar="PROJECT", help="Also log to this wandb project (needs wandb).")
+@click.option("--decode", default="worker", show_default=True, type=click.Choice(["worker", "device"]),
+              help="Where JPEGs are decoded: in the loader workers (PIL), or on the training device in the step "
+                   "(decode_jpeg: nvJPEG on cuda), the workers only reading the bytes. Same crops and masks.")
 @click.option("--compile", "compile", is_flag=True,
               help="torch.compile the model, weighting and loss (cpu/cuda; first steps slower while it compiles). "
                    "Checkpoints and resume are the same with or without it.")

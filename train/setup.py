@@ -18,7 +18,7 @@ from .keypoint_mode import plain_cache_note
 # extend (or shorten) a run: the restored scheduler keeps the original cosine, so extra steps run at --min-lr.
 RESUMABLE_CHANGES = {"out", "resume", "device", "workers", "log_every", "save_every", "grid_every", "stop_after", "nan_policy",
                      "keep_checkpoints", "tensorboard", "wandb", "cache", "data_root", "steps", "epochs", "save_optimizer",
-                     "compile",
+                     "compile", "decode",
                      "init", "recipe"}  # init: the weights come from the checkpoint; recipe: its values are compared one by one
 # Not carried over from config.json on --resume: they belong to this machine and this invocation.
 RESUME_NOT_CARRIED = {"out", "resume", "device", "workers", "stop_after"}

@@ -1,0 +1,126 @@
+"""--decode device: the workers ship JPEG bytes and crops, the step decodes; on the CPU every batch equals
+the worker-decode batch bit for bit (pixels, masks, keypoints), with files the device cannot take
+(PNG, CMYK, grayscale-16, broken, tiny) handled by the worker path in the same batch."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+from train_helpers import TINY_VIT_OVERRIDES, photo
+
+from kamim.cli import main as cli
+from kamim.datasets import open_dataset
+from kamim.preprocess.build import CacheConfig, build_cache
+from kamim.train.data import EpochBatches, PretrainSamples, collate
+from kamim.train.device_decode import decode_batch, read_jpeg
+from kamim.train.pretrain import PretrainConfig, run_pretrain
+
+
+def jpeg_folder(root, count: int = 14):
+    """``root/train/<class>/*``: JPEGs of every kind decode_jpeg takes, and files it must not get."""
+    for i in range(count):
+        folder = root / "train" / f"class{i % 2}"
+        folder.mkdir(parents=True, exist_ok=True)
+        picture = Image.fromarray(photo(i, 120 + 8 * (i % 3), 160 - 8 * (i % 2)))
+        kind = i % 7
+        if kind == 0:
+            picture.save(folder / f"img{i:03d}.jpg", quality=90)
+        elif kind == 1:
+            picture.save(folder / f"img{i:03d}.jpg", quality=75, progressive=True)
+        elif kind == 2:
+            picture.convert("L").save(folder / f"img{i:03d}.jpg", quality=85)
+        elif kind == 3:
+            picture.save(folder / f"img{i:03d}.jpg", quality=95, subsampling=0)  # 4:4:4 chroma
+        elif kind == 4:
+            picture.save(folder / f"img{i:03d}.png")  # not a JPEG: the worker decodes it
+        elif kind == 5:
+            picture.convert("CMYK").save(folder / f"img{i:03d}.jpg")  # CMYK JPEG: the worker's colours
+        else:
+            (folder / f"img{i:03d}.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")  # replaced
+    Image.fromarray(photo(99, 6, 6)).save(root / "train" / "class0" / "tiny.jpg")  # too small: replaced
+    return root
+
+
+@pytest.fixture(scope="module")
+def jpegs(tmp_path_factory):
+    root = jpeg_folder(tmp_path_factory.mktemp("jpegs"))
+    dataset = open_dataset("folder", "train", str(root))
+    return root, dataset
+
+
+def batches(samples: PretrainSamples, keys: list[list[tuple[int, int]]]) -> list[dict]:
+    return [decode_batch(collate(samples.__getitems__(chunk))) for chunk in keys]
+
+
+def test_header_check_sends_only_decodable_jpegs_to_the_device(jpegs):
+    _, dataset = jpegs
+    sent = []
+    for i in range(len(dataset)):
+        name, data = dataset.sample_name(i), read_jpeg(dataset, i)
+        if data is not None:
+            sent.append(name)
+            assert data[1:] == Image.open(dataset.files[i]).size[::-1]  # (height, width) from the header
+    assert len(sent) == 8  # 2 each of RGB, progressive, gray and 4:4:4 JPEGs
+    assert not any(name.endswith((".png", "tiny.jpg")) for name in sent)
+    assert all(Image.open(dataset.files[dataset_index]).mode in ("RGB", "L")
+               for dataset_index in range(len(dataset)) if dataset.sample_name(dataset_index) in sent)
+
+
+def test_device_decode_batches_equal_worker_decode_batches_bit_for_bit(jpegs):
+    _, dataset = jpegs
+    worker = PretrainSamples(dataset, "simmim", 16, seed=3)
+    device = PretrainSamples(dataset, "simmim", 16, seed=3, decode="device")
+    sampler = EpochBatches(np.arange(len(dataset)), 5, seed=3)
+    keys = [batch for batch, _ in zip(sampler, range(6), strict=False)]  # 2 epochs: every file, twice
+    with pytest.warns(UserWarning, match="bad sample"):
+        expected = batches(worker, keys)
+    with pytest.warns(UserWarning, match="bad sample"):  # the broken files are replaced the same way
+        got = batches(device, keys)
+    mixed = 0
+    for want, have in zip(expected, got, strict=True):
+        assert set(have) == set(want) and "jpeg" not in have
+        assert torch.equal(have["image"], want["image"]) and torch.equal(have["mask"], want["mask"])
+    for chunk in keys:
+        raw = collate(device.__getitems__(chunk))
+        mixed += any(j is None for j in raw["jpeg"]) and any(j is not None for j in raw["jpeg"])
+    assert mixed >= 2  # batches really mixed device rows with worker rows
+
+
+def test_device_decode_keeps_cached_keypoints_and_trains(jpegs, tmp_path):
+    root, dataset = jpegs
+    cache = build_cache(CacheConfig(dataset="folder", data_root=str(root), detector="fast", detect_size=128,
+                                    workers=1, out=str(tmp_path / "cache.zarr")))
+    from kamim.cache import open_cache
+
+    reader = open_cache(cache)
+    worker = PretrainSamples(dataset, "cached", 16, 0, reader)
+    device = PretrainSamples(dataset, "cached", 16, 0, reader, decode="device")
+    keys = [[(0, int(i)) for i in worker.usable_indices()[:6]]]
+    want, have = batches(worker, keys)[0], batches(device, keys)[0]
+    assert set(have) == set(want)
+    assert all(torch.equal(have[k], want[k]) for k in want)
+
+    config = dict(model="vit_t", overrides=dict(TINY_VIT_OVERRIDES), dataset="folder", data_root=str(root),
+                  cache=str(cache), detect_size=128, device="cpu", batch_size=4, workers=0, grid_every=0,
+                  save_every=100, log_every=1, steps=3)
+    runs = {d: run_pretrain(PretrainConfig(**config, out=str(tmp_path / d), decode=d)) for d in ("worker", "device")}
+    losses = {d: [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+              for d, run in runs.items()}
+    assert losses["worker"] == losses["device"] and all(np.isfinite(losses["device"]))
+    assert json.loads((runs["device"] / "config.json").read_text())["decode"] == "device"
+
+
+def test_decode_device_where_it_cannot_work_is_one_line_exit_2(jpegs, tmp_path):
+    root, _ = jpegs
+    base = ["pretrain", "--model", "vit_t", "--override", "depth=1", "--override", "embed_dim=32", "--override",
+            "num_heads=2", "--dataset", "folder", "--data-root", str(root), "--device", "cpu", "--steps", "1",
+            "--batch-size", "2", "--workers", "0", "--decode", "device"]
+    result = CliRunner().invoke(cli, [*base, "--keypoints", "online", "--out", str(tmp_path / "a")])
+    assert result.exit_code == 2, result.output
+    assert "--decode device: online detection needs the crop" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "a").exists()
