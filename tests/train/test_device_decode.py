@@ -89,6 +89,9 @@ def test_device_decode_batches_equal_worker_decode_batches_bit_for_bit(jpegs):
         raw = collate(device.__getitems__(chunk))
         mixed += any(j is None for j in raw["jpeg"]) and any(j is not None for j in raw["jpeg"])
     assert mixed >= 2  # batches really mixed device rows with worker rows
+    loader = torch.utils.data.DataLoader(device, batch_sampler=keys, num_workers=2, collate_fn=collate)
+    for want, raw in zip(expected, loader, strict=True):  # bytes and crops through forked workers' queues
+        assert torch.equal(decode_batch(raw)["image"], want["image"])
 
 
 def test_device_decode_keeps_cached_keypoints_and_trains(jpegs, tmp_path):
@@ -108,11 +111,13 @@ def test_device_decode_keeps_cached_keypoints_and_trains(jpegs, tmp_path):
     config = dict(model="vit_t", overrides=dict(TINY_VIT_OVERRIDES), dataset="folder", data_root=str(root),
                   cache=str(cache), detect_size=128, device="cpu", batch_size=4, workers=0, grid_every=0,
                   save_every=100, log_every=1, steps=3)
-    runs = {d: run_pretrain(PretrainConfig(**config, out=str(tmp_path / d), decode=d)) for d in ("worker", "device")}
-    losses = {d: [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
-              for d, run in runs.items()}
-    assert losses["worker"] == losses["device"] and all(np.isfinite(losses["device"]))
-    assert json.loads((runs["device"] / "config.json").read_text())["decode"] == "device"
+    for keypoints in ("cached", "device"):  # device: FAST on the decoded batch, after decode_batch
+        runs = {d: run_pretrain(PretrainConfig(**config, keypoints=keypoints, out=str(tmp_path / f"{keypoints}-{d}"),
+                                               decode=d)) for d in ("worker", "device")}
+        losses = {d: [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+                  for d, run in runs.items()}
+        assert losses["worker"] == losses["device"] and all(np.isfinite(losses["device"])), keypoints
+        assert json.loads((runs["device"] / "config.json").read_text())["decode"] == "device"
 
 
 def test_decode_device_where_it_cannot_work_is_one_line_exit_2(jpegs, tmp_path):
