@@ -77,7 +77,9 @@ def decode_batch(batch: dict) -> dict:
         from torchvision.io import ImageReadMode, decode_jpeg
 
         images = batch["image"]
-        decoded = decode_jpeg([jpegs[row] for row in rows], mode=ImageReadMode.RGB, device=images.device)
+        with warnings.catch_warnings():  # torchvision 0.29 warns on every call that TorchCodec will take over
+            warnings.filterwarnings("ignore", "The image decoding and encoding capabilities", DeprecationWarning)
+            decoded = decode_jpeg([jpegs[row] for row in rows], mode=ImageReadMode.RGB, device=images.device)
         for row, picture in zip(rows, decoded, strict=True):
             top, left, height, width, vflip, hflip, size = crops[row].tolist()
             images[row] = crop_image(picture, CropParams(top, left, height, width, bool(vflip), bool(hflip)), size)

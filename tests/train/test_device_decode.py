@@ -71,6 +71,7 @@ def test_header_check_sends_only_decodable_jpegs_to_the_device(jpegs):
                for dataset_index in range(len(dataset)) if dataset.sample_name(dataset_index) in sent)
 
 
+@pytest.mark.filterwarnings("ignore:bad sample:UserWarning")  # expected: the broken files
 def test_device_decode_batches_equal_worker_decode_batches_bit_for_bit(jpegs):
     _, dataset = jpegs
     worker = PretrainSamples(dataset, "simmim", 16, seed=3)
@@ -94,6 +95,7 @@ def test_device_decode_batches_equal_worker_decode_batches_bit_for_bit(jpegs):
         assert torch.equal(decode_batch(raw)["image"], want["image"])
 
 
+@pytest.mark.filterwarnings("ignore:bad sample:UserWarning")  # expected: the broken files
 def test_device_decode_keeps_cached_keypoints_and_trains(jpegs, tmp_path):
     root, dataset = jpegs
     cache = build_cache(CacheConfig(dataset="folder", data_root=str(root), detector="fast", detect_size=128,
