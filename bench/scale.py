@@ -17,7 +17,7 @@ derived flat file) by real DataLoader workers (forkserver, as `kamim pretrain` s
   for a minute or more, and the first touch of such a page costs ~100 us, so at large N ``cost_us``
   here measures the host as much as the reader; ``resident_us`` is what a machine whose page cache
   stays in RAM pays;
-- open: the first call in each worker (header, store key, crc32c of offsets/scale/status);
+- open: the first call in each worker (header, store key, crc32c of the offsets, status and records sections);
 - memory: /proc/<pid>/smaps_rollup of each worker before the open and after its samples: anonymous
   (private, unshareable) and PSS (shared pages split between the processes mapping them, so each page
   counts once in total); the flat file itself is page cache, counted once;
