@@ -24,7 +24,7 @@ from kamim.malloc import keep_freed_memory
 from .augment import crop_image, sample_crop, sample_seed, seeded
 from .crop_codes import code_maps
 from .crop_select import cached_batch_points
-from .device_decode import crop_row, read_jpeg
+from .device_decode import CROP_ROW, crop_row, read_jpeg
 from .distributed import rank_share
 from .masking import random_mask
 
@@ -82,7 +82,7 @@ class PretrainSamples(Dataset):
                 sample = {"image": crop_image(image, crop, self.img_size), "mask": mask}
             else:
                 sample = {"jpeg": torch.frombuffer(bytearray(data), dtype=torch.uint8),
-                          "jpeg_crop": crop_row(crop, self.img_size), "mask": mask}
+                          "jpeg_crop": crop_row(crop, self.img_size, index), "mask": mask}
             if self.mode == "online":
                 sample["map"] = torch.from_numpy(online_ring_map(sample["image"], self.detector, self.gray))
             samples.append(sample)
@@ -150,10 +150,10 @@ def collate(samples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     (P a multiple of 64) with their counts [B]."""
     batch = {"mask": torch.stack([s["mask"] for s in samples])}
     if any("jpeg" in s for s in samples):  # --decode device: rows the step fills (train/device_decode.py)
-        size = int(next(s["jpeg_crop"] for s in samples if "jpeg" in s)[-1])
+        size = int(next(s["jpeg_crop"] for s in samples if "jpeg" in s)[6])
         batch["image"] = torch.stack([s.get("image", torch.zeros(3, size, size, dtype=torch.uint8)) for s in samples])
         batch["jpeg"] = [s.get("jpeg") for s in samples]
-        batch["jpeg_crop"] = torch.stack([s.get("jpeg_crop", torch.zeros(7, dtype=torch.int64)) for s in samples])
+        batch["jpeg_crop"] = torch.stack([s.get("jpeg_crop", torch.zeros(CROP_ROW, dtype=torch.int64)) for s in samples])
     else:
         batch["image"] = torch.stack([s["image"] for s in samples])
     if "map" in samples[0]:

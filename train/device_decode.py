@@ -13,9 +13,11 @@ resize may round differently from them; bench/gpu.py measures the difference whe
 
 What stays in the worker: a file that is not a JPEG the device can decode as RGB (PNG, CMYK JPEG,
 unreadable header, too small) is decoded and cropped in the worker as before, and a file that cannot be
-read at all is replaced by the next readable one exactly as ``read_or_next`` does, so a batch mixes
-both kinds freely. A JPEG whose header reads but whose body is damaged is decoded as far as libjpeg
-gets (the worker path would replace it): the keypoint cache's per-file checks do not cover pixels.
+read at all or is cut off (no end marker) is replaced by the next readable one exactly as
+``read_or_next`` does, so a batch mixes both kinds freely. A JPEG whose header and end marker are
+intact but whose body is damaged is decoded as far as libjpeg gets; if the decoder gives up, the run
+stops with one line naming the image's index and ``--decode worker`` (which replaces such a file).
+The cache's status excludes files that were unreadable when it was built.
 """
 
 from __future__ import annotations
@@ -28,10 +30,11 @@ import torch
 from PIL import Image
 
 from kamim.datasets import MIN_IMAGE_SIDE, BadSampleError, read_image_file
+from kamim.errors import UserError
 
 from .augment import CropParams, crop_image
 
-JPEG_MAGIC = b"\xff\xd8\xff"
+JPEG_MAGIC, JPEG_END = b"\xff\xd8\xff", b"\xff\xd9"
 DEVICE_MODES = ("RGB", "L")  # what decode_jpeg turns into the same RGB as PIL's convert("RGB")
 
 
@@ -45,7 +48,7 @@ def read_jpeg(dataset, index: int) -> tuple[bytes, int, int] | None:  # noqa: AN
         data = read_image_file(path, str(path))
     except BadSampleError:
         return None
-    if not data.startswith(JPEG_MAGIC):
+    if not data.startswith(JPEG_MAGIC) or not data.endswith(JPEG_END):  # a cut-off file: the worker replaces it
         return None
     try:
         with warnings.catch_warnings():
@@ -61,9 +64,13 @@ def read_jpeg(dataset, index: int) -> tuple[bytes, int, int] | None:  # noqa: AN
     return data, height, width
 
 
-def crop_row(crop: CropParams, size: int) -> torch.Tensor:
-    """int64 [7]: the crop (top, left, height, width, vflip, hflip) and the output size, for collate."""
-    return torch.tensor([crop.top, crop.left, crop.height, crop.width, int(crop.vflip), int(crop.hflip), size])
+CROP_ROW = 8
+
+
+def crop_row(crop: CropParams, size: int, index: int) -> torch.Tensor:
+    """int64 [8]: the crop (top, left, height, width, vflip, hflip), the output size and the sample's
+    dataset index (named if its JPEG fails to decode), for collate."""
+    return torch.tensor([crop.top, crop.left, crop.height, crop.width, int(crop.vflip), int(crop.hflip), size, index])
 
 
 def decode_batch(batch: dict) -> dict:
@@ -79,8 +86,27 @@ def decode_batch(batch: dict) -> dict:
         images = batch["image"]
         with warnings.catch_warnings():  # torchvision 0.29 warns on every call that TorchCodec will take over
             warnings.filterwarnings("ignore", "The image decoding and encoding capabilities", DeprecationWarning)
-            decoded = decode_jpeg([jpegs[row] for row in rows], mode=ImageReadMode.RGB, device=images.device)
+            try:
+                decoded = decode_jpeg([jpegs[row] for row in rows], mode=ImageReadMode.RGB, device=images.device)
+            except RuntimeError:
+                raise_undecodable(jpegs, crops, rows, images.device)
+                raise
         for row, picture in zip(rows, decoded, strict=True):
-            top, left, height, width, vflip, hflip, size = crops[row].tolist()
+            top, left, height, width, vflip, hflip, size, _ = crops[row].tolist()
             images[row] = crop_image(picture, CropParams(top, left, height, width, bool(vflip), bool(hflip)), size)
     return batch
+
+
+def raise_undecodable(jpegs: list, crops: torch.Tensor, rows: list[int], device: torch.device) -> None:
+    """The batch failed to decode: find the first JPEG that fails alone and name it (a file damaged after the
+    worker read its header, e.g. changed since the cache was built)."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    for row in rows:
+        try:
+            decode_jpeg(jpegs[row], mode=ImageReadMode.RGB, device=device)
+        except RuntimeError as error:
+            reason = str(error).strip().splitlines()[-1].split(", ")[-1]
+            raise UserError(f"--decode device: image {int(crops[row][-1])} of the dataset does not decode ({reason}); "
+                            f"train with --decode worker, which replaces an unreadable image with the next "
+                            f"readable one, or replace the file") from None

@@ -15,9 +15,11 @@ from train_helpers import TINY_VIT_OVERRIDES, photo
 
 from kamim.cli import main as cli
 from kamim.datasets import open_dataset
+from kamim.errors import UserError
 from kamim.preprocess.build import CacheConfig, build_cache
+from kamim.train.augment import CropParams
 from kamim.train.data import EpochBatches, PretrainSamples, collate
-from kamim.train.device_decode import decode_batch, read_jpeg
+from kamim.train.device_decode import crop_row, decode_batch, read_jpeg
 from kamim.train.pretrain import PretrainConfig, run_pretrain
 
 
@@ -43,6 +45,8 @@ def jpeg_folder(root, count: int = 14):
         else:
             (folder / f"img{i:03d}.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")  # replaced
     Image.fromarray(photo(99, 6, 6)).save(root / "train" / "class0" / "tiny.jpg")  # too small: replaced
+    whole = root / "train" / "class0" / "img000.jpg"
+    (root / "train" / "class1" / "cut.jpg").write_bytes(whole.read_bytes()[:-900])  # cut off: replaced
     return root
 
 
@@ -66,7 +70,7 @@ def test_header_check_sends_only_decodable_jpegs_to_the_device(jpegs):
             sent.append(name)
             assert data[1:] == Image.open(dataset.files[i]).size[::-1]  # (height, width) from the header
     assert len(sent) == 8  # 2 each of RGB, progressive, gray and 4:4:4 JPEGs
-    assert not any(name.endswith((".png", "tiny.jpg")) for name in sent)
+    assert not any(name.endswith((".png", "tiny.jpg", "cut.jpg")) for name in sent)
     assert all(Image.open(dataset.files[dataset_index]).mode in ("RGB", "L")
                for dataset_index in range(len(dataset)) if dataset.sample_name(dataset_index) in sent)
 
@@ -131,3 +135,15 @@ def test_decode_device_where_it_cannot_work_is_one_line_exit_2(jpegs, tmp_path):
     assert result.exit_code == 2, result.output
     assert "--decode device: online detection needs the crop" in result.output
     assert "Traceback" not in result.output and not (tmp_path / "a").exists()
+
+
+def test_a_jpeg_the_device_cannot_decode_stops_the_run_naming_it(jpegs):
+    _, dataset = jpegs
+    data = bytearray(dataset.files[0].read_bytes())
+    broken = data[:400] + b"\xff\xd9"  # header intact, end marker present, image data gone
+    sample = {"jpeg": torch.frombuffer(broken, dtype=torch.uint8), "mask": torch.zeros(6, 6, dtype=torch.bool),
+              "jpeg_crop": crop_row(CropParams(0, 0, 100, 100, False, False), 192, 5)}
+    good = {"jpeg": torch.frombuffer(data, dtype=torch.uint8), "mask": torch.zeros(6, 6, dtype=torch.bool),
+            "jpeg_crop": crop_row(CropParams(0, 0, 100, 100, False, False), 192, 0)}
+    with pytest.raises(UserError, match=r"image 5 of the dataset does not decode .*--decode worker"):
+        decode_batch(collate([good, sample]))
