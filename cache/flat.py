@@ -114,7 +114,7 @@ def _section(mm: np.memmap, where: tuple[int, str, tuple]) -> np.ndarray:
 
 
 class FlatPoints:
-    """An open, checked flat file (read-only memory map). ``codes(i)``: uint16 [2n] x codes then y."""
+    """An open, checked flat file (read-only memory map). ``samples(indices)``: each image's codes and scale."""
 
     def __init__(self, path: Path, key: str) -> None:
         self.path = path
@@ -166,17 +166,10 @@ class FlatPoints:
         if getattr(self, "_fd", None) is not None:
             os.close(self._fd)
 
-    def codes(self, index: int) -> np.ndarray:
-        """uint16 [2n]: image ``index``'s x codes then y codes, checked against its crc32c."""
-        return self.samples((index,))[0][0]
-
-    def sample(self, index: int) -> tuple[np.ndarray, float, float]:
-        """(codes, sx, sy): image ``index``'s codes (uint16 [2n], x codes then y codes, read-only, checked
-        against their crc32c) and its detect scale."""
-        return self.samples((index,))[0]
-
     def samples(self, indices: Iterable[int]) -> list[tuple[np.ndarray, float, float]]:
-        """``sample(i)`` for each index, in one loop (a loader batch: its lookups run back to back)."""
+        """(codes, sx, sy) for each index: the image's codes (uint16 [2n], x codes then y codes, read-only,
+        checked against their crc32c) and its detect scale, in one loop (a loader batch's lookups run back
+        to back)."""
         unpack, pread, crc, frombuffer = _RECORD.unpack_from, os.pread, google_crc32c.value, np.frombuffer
         mapping, fd, images, records_at, points_at = self._map, self._fd, self.images, self._records_at, self._points_at
         out = []

@@ -61,7 +61,8 @@ def cached_batch_points(cache: Any, indices: list[int], crops: list[CropParams],
     (kamim.train.crop_codes.batch_points). The loader calls this after the batch's images, so the reads
     run back to back on warm code (``batch_point_codes``: one loop): 11-15 us a sample in a loader worker
     with the flat file's pages resident, against 47-112 when each sample's call follows its own image's
-    decode, which evicts the CPU's caches (bench/scale.py measures both). Selection caches and other readers hand over crop points (a float32 tensor [K,2])."""
+    decode, which evicts the CPU's caches (bench/scale.py measures both). Selection caches and other
+    readers hand over crop points (a float32 tensor [K,2])."""
     pairs = zip(indices, crops, strict=True)
     if not hasattr(cache, "batch_point_codes") or point_attrs(cache) is not None:
         return [{"points": torch.from_numpy(cached_crop_points(cache, index, crop, size))} for index, crop in pairs]

@@ -151,7 +151,10 @@ def collate(samples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     batch = {"mask": torch.stack([s["mask"] for s in samples])}
     if any("jpeg" in s for s in samples):  # --decode device: rows the step fills (train/device_decode.py)
         size = int(next(s["jpeg_crop"] for s in samples if "jpeg" in s)[6])
-        batch["image"] = torch.stack([s.get("image", torch.zeros(3, size, size, dtype=torch.uint8)) for s in samples])
+        batch["image"] = torch.zeros(len(samples), 3, size, size, dtype=torch.uint8)
+        for row, s in enumerate(samples):
+            if "image" in s:  # decoded in the worker (not a JPEG the device takes)
+                batch["image"][row] = s["image"]
         batch["jpeg"] = [s.get("jpeg") for s in samples]
         batch["jpeg_crop"] = torch.stack([s.get("jpeg_crop", torch.zeros(CROP_ROW, dtype=torch.int64)) for s in samples])
     else:

@@ -38,6 +38,21 @@ JPEG_MAGIC, JPEG_END = b"\xff\xd8\xff", b"\xff\xd9"
 DEVICE_MODES = ("RGB", "L")  # what decode_jpeg turns into the same RGB as PIL's convert("RGB")
 
 
+def check_decode(decode: str, mode: str, streamed: bool, dataset, dataset_name: str, device_kind: str) -> None:  # noqa: ANN001
+    """--decode device needs image files (a folder dataset, not CIFAR's arrays or a wds stream), a mode whose
+    keypoints do not come from the worker's crop, and a device decode_jpeg runs on."""
+    if decode != "device":
+        return
+    if mode == "online":
+        raise UserError("--decode device: online detection needs the crop in the loader worker; use --keypoints "
+                        "cached or device, or --decode worker")
+    if streamed or not hasattr(dataset, "files"):
+        what = "a webdataset stream" if streamed else f"--dataset {dataset_name} (arrays, not image files)"
+        raise UserError(f"--decode device reads JPEG files; {what} has none: use --decode worker")
+    if device_kind not in ("cuda", "cpu"):
+        raise UserError(f"--decode device: decode_jpeg runs on cuda or the cpu, not {device_kind}; use --decode worker")
+
+
 def read_jpeg(dataset, index: int) -> tuple[bytes, int, int] | None:  # noqa: ANN001
     """(bytes, height, width) of sample ``index`` if the device can decode it, else None (the worker does)."""
     files = getattr(dataset, "files", None)

@@ -24,6 +24,7 @@ from .checkpoint import export_model, latest_checkpoint, load_checkpoint, non_fi
 from .compile import adamw, check_compile, compile_module, restore_optimizer_impl
 from .data import EpochBatches, PretrainSamples, collate
 from .device import Device, resolve_device, to_host
+from .device_decode import check_decode
 from .distributed import broadcast_object, main_first, mean_across_ranks
 from .engine import LossSpec, parameters_finite, train_steps
 from .init import INITS
@@ -139,21 +140,6 @@ def validate(cfg: PretrainConfig) -> None:
             raise UserError(message)
 
 
-def check_decode(cfg: PretrainConfig, mode: str, streamed: bool, dataset, device_kind: str) -> None:  # noqa: ANN001
-    """--decode device needs image files (a folder dataset, not CIFAR's arrays or a wds stream), a mode whose
-    keypoints do not come from the worker's crop, and a device decode_jpeg runs on."""
-    if cfg.decode != "device":
-        return
-    if mode == "online":
-        raise UserError("--decode device: online detection needs the crop in the loader worker; use --keypoints "
-                        "cached or device, or --decode worker")
-    if streamed or not hasattr(dataset, "files"):
-        what = "a webdataset stream" if streamed else f"--dataset {cfg.dataset} (arrays, not image files)"
-        raise UserError(f"--decode device reads JPEG files; {what} has none: use --decode worker")
-    if device_kind not in ("cuda", "cpu"):
-        raise UserError(f"--decode device: decode_jpeg runs on cuda or the cpu, not {device_kind}; use --decode worker")
-
-
 def default_run_dir(cfg: PretrainConfig) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     if cfg.method == "simmim":  # no keypoints, no weights: w_ps and T do not apply
@@ -213,7 +199,7 @@ def run_pretrain(cfg: PretrainConfig) -> Path:
         if note:
             log(note, err=True)
         cfg = dataclasses.replace(cfg, keypoints=mode)  # resolved, as config.json records it
-    check_decode(cfg, mode, streamed, dataset, device.kind)
+    check_decode(cfg.decode, mode, streamed, dataset, cfg.dataset, device.kind)
     with main_first(device):  # rank 0 builds a missing cache; the others then open it
         cache = open_training_cache(cfg, dataset, log) if mode == "cached" else None
     if cache is not None:
