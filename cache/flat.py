@@ -62,13 +62,21 @@ class StaleFlat(Exception):
 
 
 def flat_path(cache_dir: str | os.PathLike) -> Path:
+    """Where this process builds the flat file (see the module docstring)."""
     real = Path(cache_dir).resolve()
     tag = f"{real.name}-{hashlib.sha1(str(real).encode()).hexdigest()[:12]}.flat"
     if os.environ.get("KAMIM_DERIVED_DIR"):
         return Path(os.environ["KAMIM_DERIVED_DIR"]) / tag
     if os.access(real.parent, os.W_OK):
-        return real.parent / f"{real.name}.flat"
+        return _beside(real)
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "kamim" / "derived" / tag
+
+
+def _beside(cache_dir: Path) -> Path:
+    """``<cache dir>.flat``: also read when it lies elsewhere than ``flat_path`` (a shared, read-only cache
+    whose owner built it there), so each user does not rebuild gigabytes of it."""
+    real = cache_dir.resolve()
+    return real.parent / f"{real.name}.flat"
 
 
 def store_key(cache_dir: str | os.PathLike, manifest: dict) -> str:
@@ -264,8 +272,9 @@ def open_flat(cache_dir: str | os.PathLike, manifest: dict, discard: FlatPoints 
     dest = flat_path(cache_dir)
     key = store_key(cache_dir, manifest)
     if discard is None:
-        with contextlib.suppress(StaleFlat):
-            return FlatPoints(dest, key)
+        for candidate in dict.fromkeys((dest, _beside(cache_dir))):
+            with contextlib.suppress(StaleFlat):
+                return FlatPoints(candidate, key)
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
         lock = _locked(dest)
@@ -275,9 +284,15 @@ def open_flat(cache_dir: str | os.PathLike, manifest: dict, discard: FlatPoints 
                         f"set $KAMIM_DERIVED_DIR to a writable directory") from None
     try:
         if discard is not None:
-            with contextlib.suppress(OSError):
+            try:
                 if os.stat(dest).st_ino == discard.inode:
                     dest.unlink()
+            except FileNotFoundError:
+                pass
+            except OSError as error:  # e.g. another user's file in a shared $KAMIM_DERIVED_DIR
+                raise UserError(f"{dest}: the derived points file is damaged and cannot be removed "
+                                f"({error.strerror}); delete it, or set $KAMIM_DERIVED_DIR to a directory of "
+                                f"your own") from None
         with contextlib.suppress(StaleFlat):
             return FlatPoints(dest, key)  # another process built it while this one waited
         for stale in dest.parent.glob(f"{dest.name}.*.tmp"):  # left by a builder that was killed
@@ -298,8 +313,10 @@ def _build_in_child(cache_dir: Path, dest: Path) -> None:
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     if done.returncode == 2 and lines:
         raise UserError(lines[-1].removeprefix("Error: "))
-    if done.returncode != 0:
-        raise RuntimeError(f"building {dest} failed (exit {done.returncode}):\n{done.stderr[-4000:]}")
+    if done.returncode != 0:  # killed (out of memory?) or crashed: one line, the child's last words
+        how = f"killed by signal {-done.returncode}" if done.returncode < 0 else f"exit {done.returncode}"
+        raise UserError(f"building the derived points file {dest} failed ({how}{': ' + lines[-1] if lines else ''}); "
+                        f"check free memory and disk, or set $KAMIM_DERIVED_DIR to another directory")
     for line in lines:
         print(line, file=sys.stderr)
 

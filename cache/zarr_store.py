@@ -252,7 +252,11 @@ class ZarrCache:
             return self._flat.samples(indices)
         except StaleFlat:  # a block failed its checksum: never use the file, rebuild it
             self._flat = open_flat(self.path, self.manifest, discard=self._flat)
+        try:
             return self._flat.samples(indices)
+        except StaleFlat as error:
+            raise UserError(f"{error}: the derived points file fails again right after it was rebuilt; check the "
+                            f"disk, or set $KAMIM_DERIVED_DIR to another directory") from None
 
     def _check_index(self, index: int) -> int:
         if not -len(self) <= index < len(self):

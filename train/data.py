@@ -24,7 +24,7 @@ from kamim.malloc import keep_freed_memory
 from .augment import crop_image, sample_crop, sample_seed, seeded
 from .crop_codes import code_maps
 from .crop_select import cached_batch_points
-from .device_decode import CROP_ROW, crop_row, read_jpeg
+from .device_decode import collate_jpegs, crop_row, read_jpeg
 from .distributed import rank_share
 from .masking import random_mask
 
@@ -81,8 +81,7 @@ class PretrainSamples(Dataset):
             if jpeg is None:
                 sample = {"image": crop_image(image, crop, self.img_size), "mask": mask}
             else:
-                sample = {"jpeg": torch.frombuffer(bytearray(data), dtype=torch.uint8),
-                          "jpeg_crop": crop_row(crop, self.img_size, index), "mask": mask}
+                sample = {"jpeg": data, "jpeg_crop": crop_row(crop, self.img_size, index), "mask": mask}
             if self.mode == "online":
                 sample["map"] = torch.from_numpy(online_ring_map(sample["image"], self.detector, self.gray))
             samples.append(sample)
@@ -155,8 +154,7 @@ def collate(samples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         for row, s in enumerate(samples):
             if "image" in s:  # decoded in the worker (not a JPEG the device takes)
                 batch["image"][row] = s["image"]
-        batch["jpeg"] = [s.get("jpeg") for s in samples]
-        batch["jpeg_crop"] = torch.stack([s.get("jpeg_crop", torch.zeros(CROP_ROW, dtype=torch.int64)) for s in samples])
+        collate_jpegs(samples, batch)
     else:
         batch["image"] = torch.stack([s["image"] for s in samples])
     if "map" in samples[0]:
@@ -179,3 +177,23 @@ def collate(samples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         batch["codes"], batch["counts"] = torch.from_numpy(codes), torch.tensor(counts, dtype=torch.int64)
         batch["code_map"], batch["code_bounds"] = code_maps([s["code_crop"] for s in samples])
     return batch
+
+
+class OneLineErrorLoader(torch.utils.data.DataLoader):
+    """A DataLoader whose workers' UserErrors (a damaged shard or cache) reach the user as their own one line,
+    not wrapped in torch's "Caught UserError in DataLoader worker" text with the worker's traceback."""
+
+    def __iter__(self) -> Iterator:
+        from kamim.errors import UserError
+
+        batches = super().__iter__()
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            except UserError as error:
+                text = error.format_message()
+                marker = "UserError: "
+                raise UserError(text.rsplit(marker, 1)[1] if marker in text else text) from None
+            yield batch

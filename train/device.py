@@ -19,7 +19,7 @@ DEVICES = ("auto", "cpu", "cuda", "xla")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
 
-HOST_KEYS = ("jpeg", "jpeg_crop")
+HOST_KEYS = ("jpeg", "jpeg_offsets", "jpeg_crop")
 
 
 @dataclass

@@ -15,14 +15,21 @@ What stays in the worker: a file that is not a JPEG the device can decode as RGB
 unreadable header, too small) is decoded and cropped in the worker as before, and a file that cannot be
 read at all or is cut off (no end marker) is replaced by the next readable one exactly as
 ``read_or_next`` does, so a batch mixes both kinds freely. A JPEG whose header and end marker are
-intact but whose body is damaged is decoded as far as libjpeg gets; if the decoder gives up, the run
-stops with one line naming the image's index and ``--decode worker`` (which replaces such a file).
-The cache's status excludes files that were unreadable when it was built.
+intact but whose body is damaged is decoded as far as libjpeg gets; if the decoder gives up (on a GPU,
+after libjpeg on the CPU has also failed: nvJPEG refuses some valid JPEGs, such as arithmetic-coded
+ones), the step raises ``UndecodableJpeg`` and the run stops with one line naming the file and the
+command that continues with ``--decode worker`` (which replaces such a file). The cache's status
+excludes files that were unreadable when it was built.
+
+A batch carries its JPEGs as one uint8 tensor plus row offsets, not a tensor per image: each tensor
+crossing a worker's queue holds its own shared-memory file handle, and thousands per batch exhaust a
+common 1,024 open-file limit.
 """
 
 from __future__ import annotations
 
 import io
+import itertools
 import warnings
 from pathlib import Path
 
@@ -38,19 +45,54 @@ JPEG_MAGIC, JPEG_END = b"\xff\xd8\xff", b"\xff\xd9"
 DEVICE_MODES = ("RGB", "L")  # what decode_jpeg turns into the same RGB as PIL's convert("RGB")
 
 
-def check_decode(decode: str, mode: str, streamed: bool, dataset, dataset_name: str, device_kind: str) -> None:  # noqa: ANN001
+class UndecodableJpeg(Exception):
+    """A JPEG the worker sent to the device fails to decode there (and, on a GPU, on the CPU too)."""
+
+    def __init__(self, index: int, reason: str) -> None:
+        super().__init__(f"image {index} of the dataset does not decode ({reason})")
+        self.index, self.reason = index, reason
+        self.saved: int | None = None  # the newest checkpoint known finite, set by the training loop
+
+    def user_error(self, path: Path, intact: str, resume: str) -> UserError:
+        """One line: the file, what is safe, and the command that goes on with --decode worker (resuming
+        only when a checkpoint was saved)."""
+        how = (f"continue with `{resume} --decode worker`" if self.saved is not None
+               else "run the same command with --decode worker")
+        return UserError(f"--decode device: {path} (image {self.index}) does not decode ({self.reason}); {intact}: "
+                         f"{how}, which replaces an unreadable image with the next readable one, or replace the file")
+
+
+def check_decode(decode: str, mode: str, streamed: bool, dataset, dataset_name: str, device: torch.device,  # noqa: ANN001
+                 detector: str = "fast", resuming: bool = False) -> None:
     """--decode device needs image files (a folder dataset, not CIFAR's arrays or a wds stream), a mode whose
-    keypoints do not come from the worker's crop, and a device decode_jpeg runs on."""
+    keypoints do not come from the worker's crop, and a device decode_jpeg runs on (tried on a tiny JPEG)."""
     if decode != "device":
         return
     if mode == "online":
-        raise UserError("--decode device: online detection needs the crop in the loader worker; use --keypoints "
-                        "cached or device, or --decode worker")
+        others = "" if resuming else (" or --keypoints cached or device" if detector == "fast"
+                                      else " or --keypoints cached (after `kamim cache`)")
+        raise UserError(f"--decode device: online detection needs the crop in the loader worker; use --decode "
+                        f"worker{others}")
     if streamed or not hasattr(dataset, "files"):
         what = "a webdataset stream" if streamed else f"--dataset {dataset_name} (arrays, not image files)"
         raise UserError(f"--decode device reads JPEG files; {what} has none: use --decode worker")
-    if device_kind not in ("cuda", "cpu"):
-        raise UserError(f"--decode device: decode_jpeg runs on cuda or the cpu, not {device_kind}; use --decode worker")
+    if device.type not in ("cuda", "cpu"):
+        raise UserError(f"--decode device: decode_jpeg runs on cuda or the cpu, not {device.type}; use --decode worker")
+    check_decoder(device)
+
+
+def check_decoder(device: torch.device) -> None:
+    """Decode a tiny JPEG on ``device`` before training, so a torchvision without a decoder there (no nvJPEG)
+    is named as such, not blamed on the first image."""
+    from torchvision.io import ImageReadMode
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16), (200, 30, 90)).save(buffer, format="JPEG")
+    try:
+        _decode([torch.frombuffer(bytearray(buffer.getvalue()), dtype=torch.uint8)], ImageReadMode.RGB, device)
+    except RuntimeError as error:
+        raise UserError(f"--decode device: torchvision cannot decode JPEGs on {device} ({_reason(error)}); "
+                        f"use --decode worker") from None
 
 
 def read_jpeg(dataset, index: int) -> tuple[bytes, int, int] | None:  # noqa: ANN001
@@ -88,40 +130,61 @@ def crop_row(crop: CropParams, size: int, index: int) -> torch.Tensor:
     return torch.tensor([crop.top, crop.left, crop.height, crop.width, int(crop.vflip), int(crop.hflip), size, index])
 
 
+def collate_jpegs(samples: list[dict], batch: dict) -> None:
+    """Into ``batch``: ``jpeg`` (uint8 [total bytes], the rows' JPEGs end to end), ``jpeg_offsets`` (int64 [B+1];
+    a row the worker decoded has none) and ``jpeg_crop`` (int64 [B, 8])."""
+    lengths = [len(s["jpeg"]) if "jpeg" in s else 0 for s in samples]
+    batch["jpeg"] = torch.frombuffer(bytearray(b"".join(s["jpeg"] for s in samples if "jpeg" in s)), dtype=torch.uint8)
+    batch["jpeg_offsets"] = torch.tensor([0, *itertools.accumulate(lengths)], dtype=torch.int64)
+    empty = torch.zeros(CROP_ROW, dtype=torch.int64)
+    batch["jpeg_crop"] = torch.stack([s.get("jpeg_crop", empty) for s in samples])
+
+
 def decode_batch(batch: dict) -> dict:
     """Fill the batch's image rows that arrived as JPEG bytes: decode (one batched call), crop, flip.
     ``batch["image"]`` is already on the training device; the bytes and crops stay on the host."""
-    jpegs, crops = batch.pop("jpeg", None), batch.pop("jpeg_crop", None)
-    if jpegs is None:
+    data, offsets, crops = batch.pop("jpeg", None), batch.pop("jpeg_offsets", None), batch.pop("jpeg_crop", None)
+    if data is None:
         return batch
-    rows = [row for row, data in enumerate(jpegs) if data is not None]
+    bounds = offsets.tolist()
+    rows = [row for row in range(len(bounds) - 1) if bounds[row + 1] > bounds[row]]
     if rows:
-        from torchvision.io import ImageReadMode, decode_jpeg
+        from torchvision.io import ImageReadMode
 
         images = batch["image"]
-        with warnings.catch_warnings():  # torchvision 0.29 warns on every call that TorchCodec will take over
-            warnings.filterwarnings("ignore", "The image decoding and encoding capabilities", DeprecationWarning)
-            try:
-                decoded = decode_jpeg([jpegs[row] for row in rows], mode=ImageReadMode.RGB, device=images.device)
-            except RuntimeError:
-                raise_undecodable(jpegs, crops, rows, images.device)
-                raise
+        jpegs = [data[bounds[row] : bounds[row + 1]] for row in rows]
+        try:
+            decoded = _decode(jpegs, ImageReadMode.RGB, images.device)
+        except RuntimeError:
+            decoded = [_decode_alone(jpeg, images.device, int(crops[row][-1])) for row, jpeg in zip(rows, jpegs,
+                                                                                                   strict=True)]
         for row, picture in zip(rows, decoded, strict=True):
             top, left, height, width, vflip, hflip, size, _ = crops[row].tolist()
             images[row] = crop_image(picture, CropParams(top, left, height, width, bool(vflip), bool(hflip)), size)
     return batch
 
 
-def raise_undecodable(jpegs: list, crops: torch.Tensor, rows: list[int], device: torch.device) -> None:
-    """The batch failed to decode: find the first JPEG that fails alone and name it (a file damaged after the
-    worker read its header, e.g. changed since the cache was built)."""
-    from torchvision.io import ImageReadMode, decode_jpeg
+def _decode(jpegs: list[torch.Tensor], mode, device: torch.device) -> list[torch.Tensor]:  # noqa: ANN001
+    from torchvision.io import decode_jpeg
 
-    for row in rows:
+    with warnings.catch_warnings():  # torchvision 0.29 warns on every call that TorchCodec will take over
+        warnings.filterwarnings("ignore", "The image decoding and encoding capabilities", DeprecationWarning)
+        return decode_jpeg(jpegs, mode=mode, device=device)
+
+
+def _decode_alone(jpeg: torch.Tensor, device: torch.device, index: int) -> torch.Tensor:
+    """One JPEG of a batch that failed as a whole: on the device, else (a GPU decoder refusing a JPEG
+    libjpeg reads) on the CPU, else ``UndecodableJpeg`` naming its dataset index."""
+    from torchvision.io import ImageReadMode
+
+    places = [device] if device.type == "cpu" else [device, torch.device("cpu")]
+    for place in places:
         try:
-            decode_jpeg(jpegs[row], mode=ImageReadMode.RGB, device=device)
+            return _decode([jpeg], ImageReadMode.RGB, place)[0].to(device)
         except RuntimeError as error:
-            reason = str(error).strip().splitlines()[-1].split(", ")[-1]
-            raise UserError(f"--decode device: image {int(crops[row][-1])} of the dataset does not decode ({reason}); "
-                            f"train with --decode worker, which replaces an unreadable image with the next "
-                            f"readable one, or replace the file") from None
+            failure = error
+    raise UndecodableJpeg(index, _reason(failure))
+
+
+def _reason(error: Exception) -> str:
+    return str(error).strip().splitlines()[-1].split(", ")[-1]

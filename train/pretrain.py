@@ -22,9 +22,9 @@ from kamim.validation import check_numbers, check_out
 
 from .checkpoint import export_model, latest_checkpoint, load_checkpoint, non_finite, save_checkpoint
 from .compile import adamw, check_compile, compile_module, restore_optimizer_impl
-from .data import EpochBatches, PretrainSamples, collate
+from .data import EpochBatches, OneLineErrorLoader, PretrainSamples, collate
 from .device import Device, resolve_device, to_host
-from .device_decode import check_decode
+from .device_decode import UndecodableJpeg, check_decode
 from .distributed import broadcast_object, main_first, mean_across_ranks
 from .engine import LossSpec, parameters_finite, train_steps
 from .init import INITS
@@ -199,7 +199,7 @@ def run_pretrain(cfg: PretrainConfig) -> Path:
         if note:
             log(note, err=True)
         cfg = dataclasses.replace(cfg, keypoints=mode)  # resolved, as config.json records it
-    check_decode(cfg.decode, mode, streamed, dataset, cfg.dataset, device.kind)
+    check_decode(cfg.decode, mode, streamed, dataset, cfg.dataset, device.device, cfg.detector, cfg.resume)
     with main_first(device):  # rank 0 builds a missing cache; the others then open it
         cache = open_training_cache(cfg, dataset, log) if mode == "cached" else None
     if cache is not None:
@@ -262,7 +262,7 @@ def run_pretrain(cfg: PretrainConfig) -> Path:
         loader = wds_loader(cache, mode, model.patch_size, cfg.seed, cfg.batch_size, device.rank, cfg.workers,
                             start * cfg.accumulation, cfg.detector, cfg.gray, pin_memory=device.kind == "cuda")
     else:
-        loader = torch.utils.data.DataLoader(
+        loader = OneLineErrorLoader(  # a worker's UserError (damaged cache) reaches the user as one line
             samples, batch_sampler=EpochBatches(indices, cfg.batch_size, cfg.seed, start * cfg.accumulation,
                                                 device.rank, device.world),
             num_workers=cfg.workers, collate_fn=collate, pin_memory=device.kind == "cuda",
@@ -292,8 +292,11 @@ def run_pretrain(cfg: PretrainConfig) -> Path:
             save_checkpoint(run_dir, step, to_host(state), keep=cfg.keep_checkpoints)
 
     metrics = MetricsLog(run_dir, config_dict(cfg), cfg.tensorboard, cfg.wandb, start) if device.is_main else None
-    interrupted = run_steps(train_model, model, optimizer, scheduler, scaler, iter(loader), device, spec, cfg,
-                            start, stop, total, metrics, save, run_dir, batches_per_epoch)
+    try:
+        interrupted = run_steps(train_model, model, optimizer, scheduler, scaler, iter(loader), device, spec, cfg,
+                                start, stop, total, metrics, save, run_dir, batches_per_epoch)
+    except UndecodableJpeg as error:  # a file damaged since its header was read: name it and the way on
+        raise error.user_error(dataset.files[error.index], intact(run_dir, error.saved), resume_command(run_dir)) from None
     if metrics is not None:
         metrics.close()
     if interrupted is not None:
@@ -365,6 +368,9 @@ def run_steps(train_model, model, optimizer, scheduler, scaler, batches, device:
                                         f"checkpointed; {intact(run_dir, saved)}")
                     save(step)
                 return step
+    except UndecodableJpeg as error:
+        error.saved = saved
+        raise
     finally:
         bar.close()
         signals.close()

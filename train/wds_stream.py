@@ -23,7 +23,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from kamim.malloc import keep_freed_memory
 
 from .augment import crop_image, crop_points, sample_crop, sample_seed, seeded
-from .data import collate, online_ring_map
+from .data import OneLineErrorLoader, collate, online_ring_map
 from .masking import random_mask
 
 SHUFFLE_BUFFER = 256  # samples; shards are drawn at random, this mixes within and across shards
@@ -106,23 +106,3 @@ def wds_loader(cache, mode: str, model_patch_size: int, seed: int, batch_size: i
 
     return OneLineErrorLoader(stream, batch_size=None, num_workers=workers, pin_memory=pin_memory,
                               worker_init_fn=ignore_interrupts)  # Ctrl-C is the main process's to handle
-
-
-class OneLineErrorLoader(torch.utils.data.DataLoader):
-    """A DataLoader whose workers' UserErrors (a damaged shard) reach the user as their own one line,
-    not wrapped in torch's "Caught UserError in DataLoader worker" text with the worker's traceback."""
-
-    def __iter__(self) -> Iterator:
-        from kamim.errors import UserError
-
-        batches = super().__iter__()
-        while True:
-            try:
-                batch = next(batches)
-            except StopIteration:
-                return
-            except UserError as error:
-                text = error.format_message()
-                marker = "UserError: "
-                raise UserError(text.rsplit(marker, 1)[1] if marker in text else text) from None
-            yield batch

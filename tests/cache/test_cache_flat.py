@@ -22,6 +22,7 @@ from kamim.cache.manifest import atomic_write, json_bytes, keypoint_stats
 from kamim.cache.parts import Block
 from kamim.cache.points import decode_points, encode_points, to_source
 from kamim.cache.zarr_store import POINT_SHARD, write_zarr
+from kamim.errors import UserError
 
 
 def write_synthetic(out: Path, images: int, mean: int, steps: int, seed: int = 0) -> Path:
@@ -98,14 +99,18 @@ def _flip(path: Path, at: int) -> None:
         handle.write(bytes([byte[0] ^ 0x5A]))
 
 
+def _built_copy(source: Path, cache: Path) -> tuple[Path, Path, object]:
+    """A copy of the cache, its flat file's path and a reader that has built it."""
+    shutil.copytree(source, cache)
+    reader = open_cache(cache)
+    reader.points(1)  # builds it
+    return cache, flat_path(cache), reader
+
+
 @pytest.mark.parametrize("damage", ["points", "header", "offsets", "records", "truncate", "other-store"])
 def test_stale_or_damaged_flat_file_is_rebuilt_never_used(small, tmp_path, damage):
     source, expected = small
-    cache = tmp_path / "c.zarr"
-    shutil.copytree(source, cache)
-    flat = flat_path(cache)
-    built = open_cache(cache)
-    built.points(1)  # builds it
+    cache, flat, built = _built_copy(source, tmp_path / "c.zarr")
     before = flat.stat().st_ino
     if damage == "points":  # the middle of the points: found when that image is read
         _flip(flat, built._flat.sections["points"][0] + 2 * int(built._flat.offsets[-1]))
@@ -175,3 +180,41 @@ def test_forked_and_spawned_dataloader_workers_read_the_same_points(big, context
         assert np.array_equal(np.asarray(points), expected[index]), index
         pids.add(pid)
     assert len(pids) == 2 and os.getpid() not in pids
+
+
+def test_a_flat_file_beside_a_shared_cache_is_read_not_rebuilt(small, tmp_path, monkeypatch):
+    # The cache's owner built <cache>.flat beside it; a user whose $KAMIM_DERIVED_DIR points elsewhere reads
+    # that file instead of building gigabytes of their own, and rebuilds into their own directory only when
+    # it fails its checks.
+    source, expected = small
+    cache = tmp_path / "shared" / "c.zarr"
+    shutil.copytree(source, cache)
+    open_cache(cache).points(1)
+    beside = cache.parent / "c.zarr.flat"
+    assert beside.exists()
+    mine = tmp_path / "mine"
+    monkeypatch.setenv("KAMIM_DERIVED_DIR", str(mine))
+    reader = open_cache(cache)
+    assert all(np.array_equal(reader.points(i), expected[i]) for i in range(0, len(expected), 7))
+    assert reader._flat.inode == beside.stat().st_ino and not list(mine.glob("*.flat"))
+    _flip(beside, reader._flat.sections["points"][0] + 2 * int(reader._flat.offsets[-1]))  # the owner's file damaged
+    reader = open_cache(cache)
+    assert all(np.array_equal(reader.points(i), expected[i]) for i in range(len(expected)))
+    assert [p.name for p in mine.glob("*.flat")] == [flat_path(cache).name]
+    assert reader._flat.inode == flat_path(cache).stat().st_ino
+
+
+def test_a_damaged_flat_file_that_cannot_be_removed_is_one_user_error(small, tmp_path, monkeypatch):
+    _, flat, reader = _built_copy(small[0], tmp_path / "c.zarr")
+    _flip(flat, reader._flat.sections["points"][0] + 2 * int(reader._flat.offsets[-1]))
+
+    def refuse(self, missing_ok=False):  # noqa: ANN001 - another user's file in a shared directory (root ignores modes)
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "unlink", refuse)
+    with pytest.raises(UserError) as caught:
+        for index in range(len(reader)):
+            reader.points(index)
+    message = caught.value.format_message()
+    assert str(flat) in message and "Permission denied" in message and "KAMIM_DERIVED_DIR" in message, message
+    assert "\n" not in message
