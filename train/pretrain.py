@@ -297,8 +297,6 @@ def run_pretrain(cfg: PretrainConfig) -> Path:
                                 start, stop, total, metrics, save, run_dir, batches_per_epoch)
     except UndecodableJpeg as error:  # a file damaged since its header was read: name it and the way on
         raise error.user_error(dataset.files[error.index], intact(run_dir, error.saved), resume_command(run_dir)) from None
-    if metrics is not None:
-        metrics.close()
     if interrupted is not None:
         log(f"stopped at step {interrupted} of {total}; checkpoint {run_dir / 'checkpoints'}/step-{interrupted:07d}.pt; "
             f"resume with: {resume_command(run_dir)}", err=True)
@@ -371,9 +369,11 @@ def run_steps(train_model, model, optimizer, scheduler, scaler, batches, device:
     except UndecodableJpeg as error:
         error.saved = saved
         raise
-    finally:
+    finally:  # on every way out, errors included: the metrics log and its TensorBoard/wandb writers close
         bar.close()
         signals.close()
+        if metrics is not None:
+            metrics.close()
     return None
 
 
