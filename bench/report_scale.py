@@ -18,7 +18,8 @@ def scale_lines(records: dict[str, dict], chart: Path | None) -> list[str]:
                 "| detector | N | zarr B/image | flat file MiB | flat build CPU s | workers | keypoint cost us "
                 "(median / p90; a batch's keypoints after its images) | the same, flat-file pages resident us "
                 "(median / p90) | one sample's keypoints right after its "
-                "image us (median) | first release's points(i)+crop_points us (warm) | open s (max) | "
+                "image us (median) | first release's points(i)+crop_points us (warm; in brackets the keypoint cost "
+                "as left over it, a measure this VM's day-to-day speed does not move) | open s (max) | "
                 "anon MiB / PSS MiB added per worker (its image decodes included) | kamim-cached/simmim |",
                 "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for detector, per_n in rec["results"].items():
@@ -27,6 +28,7 @@ def scale_lines(records: dict[str, dict], chart: Path | None) -> list[str]:
                 ratio = f"{entry['loader']['ratio']:.3f}" if "loader" in entry else ""
                 for workers, k in entry["keypoints"].items():
                     mem = k.get("added_per_worker_mib", {})
+                    chained = k["median_us_of"].get("chained", float("nan"))
                     out.append(
                         f"| {detector} | {int(n):,} | {c['bytes_per_image']:.0f} | {c['flat_bytes'] / 2**20:,.0f} | "
                         f"{c.get('flat_build_cpu_s', c.get('flat_build_s', ''))} | {workers} | "
@@ -34,7 +36,7 @@ def scale_lines(records: dict[str, dict], chart: Path | None) -> list[str]:
                         f"{k.get('resident_us', {}).get('median', float('nan')):.1f} / "
                         f"{k.get('resident_us', {}).get('p90', float('nan')):.1f} | "
                         f"{k.get('one_by_one_us', {}).get('median', float('nan')):.1f} | "
-                        f"{k['median_us_of'].get('chained', float('nan')):.1f} | {k['open_s']['max']:.3f} | "
+                        f"{chained:.1f} ({k['cost_us']['median'] / chained:.2f}) | {k['open_s']['max']:.3f} | "
                         f"{mem.get('Anonymous_mib', 0):.0f} / {mem.get('Pss_mib', 0):.0f} | {ratio} |")
         if chart is not None:
             out += ["", f"![cache scale]({chart.relative_to(REPO).as_posix()})"]
