@@ -223,7 +223,7 @@ _CIFAR_LAYOUT = {
 
 
 class CifarDataset(ImageDataset):
-    """torchvision's on-disk CIFAR-10/100 python batches, decoded with a restricted unpickler."""
+    """torchvision's on-disk CIFAR-10/100 python batches, read as plain data (kamim.safe_pickle: no pickle module)."""
 
     def __init__(self, data_root: str | Path, name: str = "cifar10", split: str = "train") -> None:
         from kamim.safe_pickle import load_plain_pickle

@@ -143,3 +143,58 @@ def test_unknown_dataset_and_split(tmp_path):
         open_dataset("mnist", "train", tmp_path)
     with pytest.raises(UserError, match="unknown split"):
         open_dataset("folder", "dev", tmp_path)
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, np.ndarray):
+        return (isinstance(b, np.ndarray) and a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b)
+                and a.flags.f_contiguous == b.flags.f_contiguous)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple):
+        return type(a) is type(b) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return type(a) is type(b) and a == b
+
+
+@pytest.mark.parametrize("protocol", [2, 3, 4])
+def test_plain_pickle_reader_gives_what_pickle_gives(protocol):
+    from kamim.safe_pickle import parse_plain_pickle
+
+    rng = np.random.default_rng(protocol)
+    shared = [b"a.png", b"b.png"]
+    value = {
+        b"data": rng.integers(0, 256, size=(3, 3072), dtype=np.uint8), b"labels": list(range(300)),
+        b"names": shared, b"again": shared, b"empty": b"", "text": "é", "numbers": (1.5, -2, 2**70, -(2**70), 65_535),
+        "flags": [None, True, False], "big_endian": np.arange(12, dtype=">f4").reshape(3, 4),
+        "fortran": np.asfortranarray(np.arange(6, dtype=np.int64).reshape(2, 3)), "nothing": np.zeros(0, np.uint8),
+        "scalar": np.float32(3.5),
+    }
+    got = parse_plain_pickle(pickle.dumps(value, protocol=protocol))
+    assert _same(got, value)  # dtypes exactly as written (pickle.loads itself turns '>f4' into native float32)
+    assert got[b"again"] == shared  # a memo reference (BINGET) reads the same value
+
+
+def test_plain_pickle_reader_reads_a_python2_cifar_batch():
+    # As CIFAR's own files are written (Python 2 cPickle, protocol 2: str as BINSTRING, numpy.core globals).
+    from kamim.safe_pickle import parse_plain_pickle
+
+    pixels = np.arange(6, dtype=np.uint8)
+    data = (b"\x80\x02}q\x01(U\x04dataq\x02cnumpy.core.multiarray\n_reconstruct\nq\x03cnumpy\nndarray\nq\x04K\x00"
+            b"\x85U\x01b\x87Rq\x05(K\x01K\x06\x85cnumpy\ndtype\nq\x06U\x02u1K\x00K\x01\x87Rq\x07(K\x03U\x01|NNNJ\xff"
+            b"\xff\xff\xffJ\xff\xff\xff\xffK\x00tb\x89T\x06\x00\x00\x00" + pixels.tobytes() +
+            b"tbU\x06labelsq\x08]q\t(K\x01K\x02eu.")
+    got = parse_plain_pickle(data)
+    assert _same(got, pickle.loads(data, encoding="bytes"))
+    assert got[b"labels"] == [1, 2] and np.array_equal(got[b"data"], pixels)
+
+
+def test_plain_pickle_reader_refuses_object_arrays_and_unknown_opcodes(tmp_path):
+    from kamim.safe_pickle import load_plain_pickle
+
+    path = tmp_path / "batch"
+    path.write_bytes(pickle.dumps({b"data": np.array([1, "x"], dtype=object)}, protocol=2))
+    with pytest.raises(UserError, match="array of Python objects"):
+        load_plain_pickle(path)
+    path.write_bytes(pickle.dumps({b"data": [1, 2]}, protocol=0))  # text opcodes: never how CIFAR is written
+    with pytest.raises(UserError, match="unsupported pickle opcode"):
+        load_plain_pickle(path)
