@@ -134,7 +134,8 @@ def collate_jpegs(samples: list[dict], batch: dict) -> None:
     """Into ``batch``: ``jpeg`` (uint8 [total bytes], the rows' JPEGs end to end), ``jpeg_offsets`` (int64 [B+1];
     a row the worker decoded has none) and ``jpeg_crop`` (int64 [B, 8])."""
     lengths = [len(s["jpeg"]) if "jpeg" in s else 0 for s in samples]
-    batch["jpeg"] = torch.frombuffer(bytearray(b"".join(s["jpeg"] for s in samples if "jpeg" in s)), dtype=torch.uint8)
+    joined = bytearray().join(s["jpeg"] for s in samples if "jpeg" in s)  # one copy of the batch's bytes, writable
+    batch["jpeg"] = torch.frombuffer(joined, dtype=torch.uint8)
     batch["jpeg_offsets"] = torch.tensor([0, *itertools.accumulate(lengths)], dtype=torch.int64)
     empty = torch.zeros(CROP_ROW, dtype=torch.int64)
     batch["jpeg_crop"] = torch.stack([s.get("jpeg_crop", empty) for s in samples])
