@@ -40,7 +40,7 @@ from .common import cores, interleaved, median, paired_ratio, ratio_entry, resul
 from .large_photos import ensure_large_photos
 from .peer import Feed, pinned, project_step, tiled, time_block
 from .pipelines import build_loader, loader_rate
-from .step import weighting_ms
+from .step import compiled_raster, weighting_ms
 
 # bf16 dense tensor-core peaks (FLOP/s), most specific name first.
 PEAKS = (("H200", 989e12), ("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989e12),
@@ -164,8 +164,13 @@ def part_step(cfg: GpuBenchConfig, state: dict) -> dict:
             ratios.append(ratio_entry(f"gpu MFU {cfg.model} kamim --compile", step["kamim-compiled"]["mfu"], 0.45))
     if peak:
         ratios.append(ratio_entry(f"gpu MFU {cfg.model} kamim eager", step["kamim"]["mfu"], None))
+    raster = compiled_raster(batch, cfg, device) if cfg.compile else {}
+    if raster:
+        say(f"ring raster alone: eager {raster['eager_ms']:.2f} ms, compiled {raster['compiled_ms']:.2f} ms")
+        ratios.append(ratio_entry(f"gpu ring raster compiled/eager (time, batch {batch_size})", raster["ratio"], None, False))
     return {"batch_size": batch_size, "peak_bf16_flops": peak, "flops_per_step": flops, "step": step,
-            "step_seconds": summary(samples), "weighting_ms": round(weight_ms, 3), "ratios": ratios}
+            "step_seconds": summary(samples), "weighting_ms": round(weight_ms, 3), "raster_compiled": raster,
+            "ratios": ratios}
 
 
 def part_syncs(cfg: GpuBenchConfig, state: dict) -> dict:

@@ -37,6 +37,7 @@ class StepBenchConfig:
     weighting_calls: int = 20
     device_fast: bool = True  # also time --keypoints device (FAST on the device) against simmim
     detect_batch: int = 64  # batch for timing device FAST + raster + weights alone
+    compiled_raster: bool = True  # also time the cached path's ring raster torch.compile'd (CPU/CUDA)
 
 
 def real_batch(cfg: StepBenchConfig, detector: str) -> dict[str, torch.Tensor]:
@@ -123,6 +124,7 @@ def run(cfg: StepBenchConfig) -> dict:
     samples = interleaved({m: (lambda s=s: time_steps(s, cfg.steps, device)) for m, s in trainers.items()},
                           cfg.repetitions, log)
     weight_ms = {d: weighting_ms(b, cfg, device, cfg.weighting_calls) for d, b in batches.items()}
+    compiled = {d: compiled_raster(b, cfg, device) for d, b in batches.items()} if cfg.compiled_raster else {}
     simmim_s = median(samples["simmim"])
     ratios = [ratio_entry(f"step {cfg.model} kamim-cached/simmim {d} ({device.kind})",
                           paired_ratio(samples[f"kamim-{d}"], samples["simmim"]), 1.03, False,
@@ -148,10 +150,34 @@ def run(cfg: StepBenchConfig) -> dict:
         "weighting_ms": {d: round(v, 3) for d, v in weight_ms.items()},
         "weighting_fraction_of_simmim_step": {d: round(v / 1e3 / simmim_s, 4) for d, v in weight_ms.items()},
         "device_fast_detect_weights": detect,
-        "ratios": ratios,
+        "raster_compiled": compiled,
+        "ratios": ratios + [ratio_entry(f"ring raster {d} compiled/eager ({device.kind})", c["ratio"], None, False,
+                                        note=f"{c['compiled_ms']:.1f} vs {c['eager_ms']:.1f} ms for batch {cfg.batch_size}")
+                            for d, c in compiled.items()],
     }
     write_result("step", cfg, payload, began)
     return payload
+
+
+def compiled_raster(batch: dict, cfg: StepBenchConfig, device, calls: int = 5) -> dict:  # noqa: ANN001
+    """The cached path's ring raster alone, eager against --compile's, interleaved on the batch's real
+    points; the time of ``calls`` calls (median ms per call)."""
+    from kamim.preprocess.raster import ring_maps_torch
+    from kamim.train.crop_codes import batch_points
+
+    points, counts = batch_points(device.to(batch))
+
+    def timed(compile_: bool) -> float:
+        began = time.perf_counter()
+        for _ in range(calls):
+            ring_maps_torch(points, counts, 192, compile_=compile_)
+        device.synchronize()
+        return (time.perf_counter() - began) / calls * 1e3
+
+    timed(True)  # compiles (once for every point count)
+    samples = interleaved({"eager": lambda: timed(False), "compiled": lambda: timed(True)}, cfg.repetitions, log)
+    return {"eager_ms": round(median(samples["eager"]), 3), "compiled_ms": round(median(samples["compiled"]), 3),
+            "ratio": round(paired_ratio(samples["compiled"], samples["eager"]), 4)}
 
 
 def device_detect_ms(cfg: StepBenchConfig, device) -> dict:  # noqa: ANN001

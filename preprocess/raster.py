@@ -160,47 +160,72 @@ def ring_map(points: np.ndarray, size: int | tuple[int, int] = 192) -> np.ndarra
 _torch_tables: dict = {}
 
 
+NOWHERE = 1 << 30  # a stamp's padding entries: far past any canvas, so the raster clamps them to its spare slot
+
+
 def _flat_offsets_on(device, width: int):  # noqa: ANN001, ANN202
-    """Per stamp, its 'on' pixels as flat offsets ``dy * width + dx`` (int32) and their validity."""
+    """Per stamp, its 'on' pixels as flat offsets ``dy * width + dx`` (int32), NOWHERE where padded."""
     import torch
 
     key = (str(device), width)
     if key not in _torch_tables:
         dy, dx, valid = stamp_offsets()
-        flat = dy.astype(np.int32) * width + dx.astype(np.int32)
-        _torch_tables[key] = (torch.as_tensor(flat, device=device), torch.as_tensor(valid, device=device))
+        flat = np.where(valid, dy.astype(np.int32) * width + dx.astype(np.int32), NOWHERE).astype(np.int32)
+        _torch_tables[key] = torch.as_tensor(flat, device=device)
     return _torch_tables[key]
 
 
-def ring_maps_torch(points, counts, size: int | tuple[int, int] = 192):  # noqa: ANN001, ANN201
+def ring_maps_torch(points, counts, size: int | tuple[int, int] = 192, compile_: bool = False):  # noqa: ANN001, ANN201
     """Batched ring maps on the points' device: points [B, P, 2] (x, y), counts [B] -> float32 [B, H, W].
 
     Static shapes only (points beyond ``counts`` or too far outside the canvas are routed to a spare
     slot that is dropped), so it traces well on XLA as well as on CUDA and CPU. A border state's stamp
     holds only in-canvas pixels (it was measured on a clipped canvas), so no per-pixel bounds test is
     needed and a flat offset never wraps to the next row.
-    """
-    import torch
 
+    ``compile_`` (--compile): the same computation through torch.compile (CPU and CUDA), one graph for any
+    point count P, the index arithmetic fused into the fill instead of materialising [B, P, K] int64
+    pixel indices (K = 60 ring pixels per point). It sets the same pixels, so the maps are equal bit for
+    bit (tests/preprocess/test_raster.py).
+    """
     height, width = (size, size) if isinstance(size, int) else size
     if min(height, width) < MIN_SIZE:
         raise ValueError(f"ring maps need a canvas of at least {MIN_SIZE} px, got {height}x{width}")
+    if points.shape[0] * height * width + 8 * width >= NOWHERE:
+        raise ValueError(f"ring maps for {points.shape[0]} canvases of {height}x{width} px at once: split the batch")
+    raster = _compiled_raster() if compile_ else _raster
+    return raster(points, counts.to(points.device), _flat_offsets_on(points.device, width), height, width)
+
+
+@lru_cache(maxsize=1)
+def _compiled_raster():  # noqa: ANN202
+    import torch
+
+    # dynamic: one graph for every point count (batches pad P to multiples of 64, so a static compile
+    # would recompile for most batches); height and width are fixed by the run, so they stay static.
+    return torch.compile(_raster, dynamic=True)
+
+
+def _raster(points, counts, offsets, height: int, width: int):  # noqa: ANN001, ANN202
+    import torch
+
     batch, num_points = points.shape[:2]
     device = points.device
-    offsets, valid = _flat_offsets_on(device, width)
     # float32/int32 like OpenCV (cvRound(pt.x * 16) on a float; x16 is exact); TPUs lack float64.
     fixed = torch.round(points.to(torch.float32) * SUBPIXEL).to(torch.int32)  # round-half-even like cvRound
     # Floor division, not >> 4: torch_xla 2.9 shifts negative integers towards zero.
     ix = fixed[..., 0].div(SUBPIXEL, rounding_mode="floor")
     iy = fixed[..., 1].div(SUBPIXEL, rounding_mode="floor")
     sx, sy = _axis_state(ix, width, torch), _axis_state(iy, height, torch)
-    present = torch.arange(num_points, device=device, dtype=torch.int32)[None, :] < counts.to(device)[:, None]
+    present = torch.arange(num_points, device=device, dtype=torch.int32)[None, :] < counts[:, None]
     present = present & (sx >= 0) & (sy >= 0)
     stamp = _stamp_index(sy.clamp(min=0), sx.clamp(min=0), fixed[..., 1] & 15, fixed[..., 0] & 15)  # [B, P]
-    base = (torch.arange(batch, device=device, dtype=torch.int32)[:, None] * height + iy) * width + ix
-    flat = base[..., None] + offsets[stamp]  # [B, P, K]
     spare = batch * height * width
-    flat = torch.where(valid[stamp] & present[..., None], flat, spare)
-    out = torch.zeros(spare + 1, dtype=torch.float32, device=device)
-    out.scatter_(0, flat.reshape(-1).long(), 1.0)
-    return out[:spare].reshape(batch, height, width)
+    base = (torch.arange(batch, device=device, dtype=torch.int64)[:, None] * height + iy) * width + ix
+    base = torch.where(present, base, NOWHERE)
+    # [B, P, K] pixel indices, built in one int64 pass: a padding entry (NOWHERE) or an absent point lands
+    # past the canvas and is clamped onto the spare slot, so no validity mask is gathered or applied.
+    flat = torch.add(base[..., None], offsets[stamp]).clamp_(max=spare)
+    out = torch.zeros(spare + 1, dtype=torch.uint8, device=device)
+    out.index_fill_(0, flat.reshape(-1), 1)  # "set": duplicates and order do not matter
+    return out[:spare].reshape(batch, height, width).to(torch.float32)

@@ -27,7 +27,7 @@ class LossSpec:
     temperature: float
     img_size: int
     patch_size: int
-    compile: bool = False  # --compile: weighting and loss through torch.compile (the raster stays eager)
+    compile: bool = False  # --compile: the cached raster, weighting and loss through torch.compile
     keypoints: str = "cached"  # cached | online | device (FAST detected here, on batch["image"])
     gray: str = "bgr"  # device mode: the gray conversion FAST sees (as --gray)
 
@@ -60,7 +60,7 @@ def batch_weights(batch: dict[str, torch.Tensor], spec: LossSpec) -> torch.Tenso
 
         from .crop_codes import batch_points
 
-        maps = ring_maps_torch(*batch_points(batch), spec.img_size)
+        maps = ring_maps_torch(*batch_points(batch), spec.img_size, compile_=spec.compile)
     return loss_functions(spec.compile)[0](maps, spec.weight_ps, spec.temperature)
 
 

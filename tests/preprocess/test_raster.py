@@ -58,3 +58,17 @@ def test_torch_batch_equals_numpy_with_padding():
     assert maps.shape == (4, 192, 192) and maps.dtype == torch.float32
     for i, n in enumerate(counts):
         assert np.array_equal(maps[i].numpy(), ring_map_opencv(padded[i, :n], 192))
+
+
+def test_compiled_raster_equals_eager_bit_for_bit_for_any_point_count():
+    # --compile's raster (train/engine.batch_weights): one dynamic graph for every padded point count P,
+    # and for batch sizes; points inside, on and beyond the borders, padding garbage and dropped points.
+    rng = np.random.default_rng(11)
+    for batch, width in ((4, 64), (4, 320), (3, 1408), (1, 128)):
+        counts = rng.integers(0, width + 1, batch)
+        points = rng.uniform(-8, 200, size=(batch, width, 2)).astype(np.float32)
+        points[rng.random((batch, width)) < 0.2] = -1.0e4  # what batch_points does with dropped codes
+        args = (torch.from_numpy(points), torch.from_numpy(counts), 192)
+        eager, compiled = ring_maps_torch(*args), ring_maps_torch(*args, compile_=True)
+        assert eager.sum() > 0 or counts.sum() == 0
+        assert compiled.dtype == eager.dtype and torch.equal(compiled, eager), (batch, width)
