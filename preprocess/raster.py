@@ -202,7 +202,7 @@ def _compiled_raster():  # noqa: ANN202
     import torch
 
     # dynamic: one graph for every point count (batches pad P to multiples of 64, so a static compile
-    # would recompile for most batches); height and width are fixed by the run, so they stay static.
+    # would recompile for most batches) and batch size.
     return torch.compile(_raster, dynamic=True)
 
 
