@@ -4,7 +4,7 @@ just touched), so a day when this shared VM runs slower does not read as a cost 
 each run, the host's idle-page stalls of the same day (bench/host_pages.py's share of first reads over
 30 us, 240 s after a full read), which is what moves the "as left" column at large N.
 
-    python -m bench.scale_compare                                   # scale.json vs the newest scale-*.json
+    python -m bench.scale_compare                                   # scale.json, then every scale-*.json
     python -m bench.scale_compare bench/results/scale.json bench/results/scale-2026-12-02.json
 """
 
@@ -45,8 +45,8 @@ def main(runs: tuple[Path, ...]) -> None:
     if not runs:
         dated = sorted(RESULTS.glob("scale-*.json"))
         if not dated:
-            raise click.UsageError("no bench/results/scale-*.json to compare with: pass two scale JSON files")
-        runs = (RESULTS / "scale.json", dated[-1])
+            raise click.UsageError("no bench/results/scale-*.json to compare with: pass scale JSON files")
+        runs = (RESULTS / "scale.json", *dated)
     loaded = [json.loads(path.read_text()) for path in runs]
     for path, run in zip(runs, loaded, strict=True):
         print(f"{path.name}: {run['machine']['date'][:16]}, {run['wall_s']:.0f} s; {host_stalls(path)}")
