@@ -7,7 +7,7 @@ derived flat file) by real DataLoader workers (forkserver, as `kamim pretrain` s
 - keypoint cost: the worker's keypoint work in the loader's order (PretrainSamples.__getitems__: a batch's
   real images decoded and cropped first, then its keypoints back to back, ``train.crop_select.
   cached_batch_points``: ``point_codes(i)``, the crop's rows and map) plus its share of collate's
-  ``train.crop_codes.code_maps`` (the step then maps the batch's codes on the device), per sample (the
+  ``train.crop_codes.code_meta`` (the step then maps the batch's codes on the device), per sample (the
   batch's time / 32) in random order, timed inside the worker (thread CPU time, so 8 workers on 2 cores
   measure cost, not waiting; less the timer's own ~1.5 us), median and p90 over the batches. One batch
   in three measures the first release's order instead (each sample's keypoints right after its own
@@ -83,7 +83,7 @@ class KeypointProbe:
         from kamim.datasets import read_or_next
         from kamim.malloc import keep_freed_memory
         from kamim.train.augment import crop_image, crop_points, sample_crop, sample_seed, seeded
-        from kamim.train.crop_codes import code_maps, crop_codes
+        from kamim.train.crop_codes import code_meta, crop_codes
         from kamim.train.crop_select import cached_batch_points, cached_sample_points
 
         keep_freed_memory()  # as PretrainSamples does in every worker: decode buffers stay in the heap
@@ -124,7 +124,7 @@ class KeypointProbe:
             end = time.thread_time_ns()
             cpu, wall = (end - began - timer) / len(indices), (time.perf_counter_ns() - wall) / len(indices)
             began = time.thread_time_ns()
-            code_maps([f["code_crop"] for f in fields])  # collate's share, per batch
+            code_meta([f["code_crop"] for f in fields], [0] * len(fields))  # collate's share, per batch
             collate_map = (time.thread_time_ns() - began) / len(indices)
             for item in items:
                 item.update({"cpu_ns" if kind == "grouped" else "resident_ns": cpu}, wall_ns=wall,
@@ -183,7 +183,7 @@ def keypoint_path(cache_dir, images, workers: int, samples: int, seed: int) -> d
     return {
         "workers": workers, "samples": len(items),
         # Per sample in the loader's order (a batch's keypoints after its images): each batch's
-        # cached_batch_points / 32 + collate's code_maps share; median and p90 over the batches.
+        # cached_batch_points / 32 + collate's code_meta share; median and p90 over the batches.
         "cost_us": {"median": float(np.median(cpu)), "p90": float(np.percentile(cpu, 90)), "batches": len(cpu)},
         "wall_us": {"median": float(np.median(wall)), "p90": float(np.percentile(wall, 90))},
         # The same, with the batch's pages of the flat file touched before its images (what a machine whose
@@ -193,7 +193,7 @@ def keypoint_path(cache_dir, images, workers: int, samples: int, seed: int) -> d
         # The first release's order, per sample (cached_sample_points right after the sample's own image).
         "one_by_one_us": {"median": float(np.median(one_by_one)), "p90": float(np.percentile(one_by_one, 90)),
                           "samples": len(one_by_one)},
-        # point_codes(i) again; code_maps per sample; the CPU map of selection caches (crop_codes); the
+        # point_codes(i) again; code_meta per sample; the CPU map of selection caches (crop_codes); the
         # chained reference (points(i) + crop_points); the timer's own cost (thread_time_ns twice, median).
         "median_us_of": alone,
         "open_s": {"median": float(np.median(opens)), "max": float(max(opens))},
@@ -301,7 +301,7 @@ def run(cfg: ScaleBenchConfig) -> dict:
                 log(f"  {workers} workers: keypoints {k['cost_us']['median']:.1f} us median, "
                     f"{k['cost_us']['p90']:.1f} us p90 over batches (pages resident {k['resident_us']['median']:.1f} / "
                     f"{k['resident_us']['p90']:.1f}; one by one after each image "
-                    f"{k['one_by_one_us']['median']:.1f} / {k['one_by_one_us']['p90']:.1f}; of which collate's code_maps {k['median_us_of']['collate_map']:.1f}; "
+                    f"{k['one_by_one_us']['median']:.1f} / {k['one_by_one_us']['p90']:.1f}; of which collate's code_meta {k['median_us_of']['collate_map']:.1f}; "
                     f"point_codes again {k['median_us_of']['points']:.1f}; CPU crop_codes {k['median_us_of']['cpu_map']:.1f}; "
                     f"chained points(i)+crop_points "
                     f"{k['median_us_of']['chained']:.1f}); open {k['open_s']['max']:.3f} s; added per worker "
@@ -326,7 +326,7 @@ def run(cfg: ScaleBenchConfig) -> dict:
                                           note=f"median of {cfg.ratio_repetitions} paired repetitions, 2 workers"))
         worst = max(e["keypoints"][w]["cost_us"]["median"] for e in per_n.values() for w in e["keypoints"])
         ratios.append(ratio_entry(f"keypoint cost {detector} us/sample, worst median over N",
-                                  worst, 20.0, higher_is_better=False, note="cached_batch_points / batch + code_maps share, after the batch's images"))
+                                  worst, 20.0, higher_is_better=False, note="cached_batch_points / batch + code_meta share, after the batch's images"))
         worst = max(e["keypoints"][w]["resident_us"]["median"] for e in per_n.values() for w in e["keypoints"])
         ratios.append(ratio_entry(f"keypoint cost {detector} us/sample, pages resident, worst median over N",
                                   worst, 20.0, higher_is_better=False, note="the same with the batch's flat-file pages touched before its images"))

@@ -22,7 +22,7 @@ from kamim.datasets import ImageDataset, read_or_next
 from kamim.malloc import keep_freed_memory
 
 from .augment import crop_image, sample_crop, sample_seed, seeded
-from .crop_codes import code_maps
+from .crop_codes import code_meta
 from .crop_select import cached_batch_points
 from .device_decode import collate_jpegs, crop_row, read_jpeg
 from .distributed import rank_share
@@ -145,8 +145,8 @@ class EpochBatches(Sampler):
 
 
 def collate(samples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Stack images/masks/maps; pad points (or a plain cache's codes, with their crop maps) to [B, P, 2]
-    (P a multiple of 64) with their counts [B]."""
+    """Stack images/masks/maps; pad points to [B, P, 2] with their counts [B], or a plain cache's codes to
+    [B, 2, P] with each sample's count and crop map in ``code_meta`` (P a multiple of 64)."""
     batch = {"mask": torch.stack([s["mask"] for s in samples])}
     if any("jpeg" in s for s in samples):  # --decode device: rows the step fills (train/device_decode.py)
         size = int(next(s["jpeg_crop"] for s in samples if "jpeg" in s)[6])
@@ -169,13 +169,14 @@ def collate(samples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     if "codes" in samples[0]:  # a plain cache's stored codes: mapped into each crop on the device
         counts = [last - first for first, last in (s["code_rows"] for s in samples)]
         width = max(POINT_PAD, math.ceil(max(counts) / POINT_PAD) * POINT_PAD)
-        codes = np.zeros((len(samples), 2, width), dtype=np.int32)  # [B, (x, y), P]: contiguous row copies
+        codes = np.zeros((len(samples), 2, width), dtype=np.uint16)  # [B, (x, y), P]: contiguous row copies
         for row, s in enumerate(samples):
             stored, (first, last), half = s["codes"], s["code_rows"], len(s["codes"]) // 2
             codes[row, 0, : counts[row]] = stored[first:last]  # numpy: the x codes of the crop's rows
             codes[row, 1, : counts[row]] = stored[half + first : half + last]  # and their y codes
-        batch["codes"], batch["counts"] = torch.from_numpy(codes), torch.tensor(counts, dtype=torch.int64)
-        batch["code_map"], batch["code_bounds"] = code_maps([s["code_crop"] for s in samples])
+        # As stored, in an int16 tensor (torch's uint16 lacks kernels on some devices): half of int32's bytes.
+        batch["codes"] = torch.from_numpy(codes.view(np.int16))
+        batch["code_meta"] = code_meta([s["code_crop"] for s in samples], counts)
     return batch
 
 

@@ -92,16 +92,16 @@ def test_a_batch_of_cache_codes_maps_into_its_crops_on_xla_as_on_the_cpu(xla):  
     import numpy as np
 
     from kamim.train.augment import sample_crop, seeded
-    from kamim.train.crop_codes import FAR, batch_points, code_crop, code_maps
+    from kamim.train.crop_codes import FAR, batch_points, code_crop, code_meta
 
     rng = np.random.default_rng(0)
-    codes = torch.from_numpy(rng.integers(0, 400 * 16, (4, 2, 256)).astype(np.int32))
+    codes = rng.integers(0, 400 * 16, (4, 2, 256)).astype(np.uint16)
+    codes[0, 0, :8] = 2**16 - np.arange(1, 9)  # codes with the top bit set travel as negative int16
     crops = []
     for k in range(4):
         with seeded(k):
             crops.append(code_crop(16, 0.5, 0.5, sample_crop(800, 900)))
-    code_map, code_bounds = code_maps(crops)
-    batch = {"codes": codes, "counts": torch.tensor([256, 100, 0, 256]), "code_map": code_map, "code_bounds": code_bounds}
+    batch = {"codes": torch.from_numpy(codes.view(np.int16)), "code_meta": code_meta(crops, [256, 100, 0, 256])}
     on_cpu, _ = batch_points(batch)
     on_xla, _ = batch_points({k: v.to(xla.device) for k, v in batch.items()})
     on_xla = on_xla.cpu()

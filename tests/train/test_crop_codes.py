@@ -108,7 +108,8 @@ def test_the_step_maps_a_collated_batch_of_codes_as_crop_codes_does_and_rasters_
                         "codes": codes, "code_rows": (first, last), "code_crop": crop_map})
         expected.append(crop_codes(codes, STEPS, detect, detect, crop)[0])
     batch = collate(samples)
-    assert batch["codes"].dtype == torch.int32 and batch["codes"].shape[1] == 2 and batch["codes"].shape[2] % 64 == 0
+    assert batch["codes"].dtype == torch.int16 and batch["codes"].shape[1] == 2 and batch["codes"].shape[2] % 64 == 0
+    assert set(batch) == {"image", "mask", "codes", "code_meta"}  # one tensor for counts and crop maps
     got = batch_point_lists(batch)
     assert sum(len(e) for e in expected) > 10_000
     for mapped, reference in zip(got, expected, strict=True):
@@ -123,3 +124,20 @@ def test_the_step_maps_a_collated_batch_of_codes_as_crop_codes_does_and_rasters_
     assert reference_maps.sum() > 50_000
     # positions differ by float32 rounding only; a ring moves only where x * 16 sits on a rounding tie
     assert (maps != reference_maps).sum() <= 1e-4 * reference_maps.sum()
+
+
+def test_codes_with_the_top_bit_set_survive_the_batch_and_map_as_crop_codes_does():
+    """A wide panorama at 16 steps stores x codes above 2**15: they travel as negative int16 and must come
+    back as the same uint16 values (a sign slip would move them off the crop or onto the wrong pixel)."""
+    rng = np.random.default_rng(3)
+    width, height = 3800, 200  # detect-size pixels: x codes up to 60,800
+    codes = stored_codes(rng, 3000, width, height)
+    crop = CropParams(top=20, left=3000, height=150, width=700, hflip=True, vflip=False)
+    crop_map = code_crop(STEPS, 1.0, 1.0, crop)
+    sample = {"image": torch.zeros(3, 8, 8, dtype=torch.uint8), "mask": torch.zeros(2, 2), "codes": codes,
+              "code_rows": crop_rows(codes, crop_map[6], crop_map[7]), "code_crop": crop_map}
+    batch = collate([sample])
+    assert int(batch["codes"].min()) < 0  # the top bit is set for some: the int16 round trip is exercised
+    got, reference = batch_point_lists(batch)[0], crop_codes(codes, STEPS, 1.0, 1.0, crop)[0]
+    assert len(reference) > 300 and got.shape == reference.shape
+    np.testing.assert_allclose(got, reference, rtol=0, atol=3e-5)

@@ -42,7 +42,7 @@ def test_cached_and_online_samples_carry_this_images_keypoints(tmp_path):
         view = np.ascontiguousarray(same["image"].permute(1, 2, 0).numpy())
         assert np.array_equal(same["map"].numpy(), ring_map_opencv(detect_keypoints(view, "fast"), 192))
     batch = collate([cached[(0, i)] for i in range(4)])
-    assert batch["image"].dtype == torch.uint8 and batch["codes"].shape[0] == 4 and batch["counts"].min() > 0
+    assert batch["image"].dtype == torch.uint8 and batch["codes"].shape[0] == 4 and batch["code_meta"][:, 0].min() > 0
     assert all(len(points) > 10 for points in batch_point_lists(batch))
 
 
