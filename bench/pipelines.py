@@ -7,8 +7,12 @@ workers), ``cached-wds`` (the trainer's resampled webdataset stream, train.wds_s
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import itertools
+import os
 import time
+from pathlib import Path
 
 from torch.utils.data import DataLoader
 
@@ -43,12 +47,30 @@ def build_loader(variant: str, src: Source, detector: str, batch_size: int, work
 
 def loader_rate(loader: DataLoader, batches: int, skip: int) -> float:
     """Images/s over ``batches`` batches after ``skip`` batches (worker start-up and the first fill)."""
+    return loader_rate_and_cpu(loader, batches, skip)[0]
+
+
+def loader_rate_and_cpu(loader: DataLoader, batches: int, skip: int) -> tuple[float, float]:
+    """(images/s, CPU us per image of the main process and its loader workers together, every thread: the
+    workers' fetch and collate, and both sides of handing each batch over) over the same batches."""
     iterator = iter(loader)
     try:
         for batch in itertools.islice(iterator, skip):
             del batch
-        began = time.perf_counter()
+        processes = [os.getpid()] + [worker.pid for worker in getattr(iterator, "_workers", [])]
+        cpu, began = cpu_ns(processes), time.perf_counter()
         images = sum(batch["image"].shape[0] for batch in itertools.islice(iterator, batches))
-        return images / (time.perf_counter() - began)
+        cpu, seconds = cpu_ns(processes) - cpu, time.perf_counter() - began
+        return images / seconds, cpu / images / 1e3
     finally:
         del iterator  # shuts the workers down before the next variant starts
+
+
+def cpu_ns(processes: list[int]) -> int:
+    """CPU time the processes' threads have run, ns (Linux schedstat: exact, not clock ticks)."""
+    total = 0
+    for pid in processes:
+        for stat in glob.glob(f"/proc/{pid}/task/*/schedstat"):
+            with contextlib.suppress(OSError):  # a thread that ended between the listing and the read
+                total += int(Path(stat).read_text().split()[0])
+    return total

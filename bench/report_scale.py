@@ -20,12 +20,15 @@ def scale_lines(records: dict[str, dict], chart: Path | None) -> list[str]:
                 "(median / p90) | one sample's keypoints right after its "
                 "image us (median) | first release's points(i)+crop_points us (warm; in brackets the keypoint cost "
                 "as left over it, a measure this VM's day-to-day speed does not move) | open s (max) | "
-                "anon MiB / PSS MiB added per worker (its image decodes included) | kamim-cached/simmim |",
+                "anon MiB / PSS MiB added per worker (its image decodes included) | kamim-cached/simmim images/s "
+                "(in brackets CPU time per image, batches interleaved) |",
                 "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for detector, per_n in rec["results"].items():
             for n, entry in sorted(per_n.items(), key=lambda item: int(item[0])):
                 c = entry["cache"]
-                ratio = f"{entry['loader']['ratio']:.3f}" if "loader" in entry else ""
+                loader = entry.get("loader", {})
+                ratio = f"{loader['ratio']:.3f}" if loader else ""
+                ratio += f" ({loader['work']['ratio']:.3f})" if "work" in loader else ""
                 for workers, k in entry["keypoints"].items():
                     mem = k.get("added_per_worker_mib", {})
                     chained = k["median_us_of"].get("chained", float("nan"))

@@ -215,9 +215,9 @@ class ScaleBenchConfig:
     ratio_source: str = "large"  # large: ImageNet-sized JPEGs (bench/large_photos.py); photos: 224 px
     ratio_workers: int = 0  # 0: all cores
     batch_size: int = 32
-    ratio_batches: int = 16
-    ratio_skip: int = 3
-    ratio_repetitions: int = 7  # the VM is noisy: single repetitions of the throughput ratio span 0.75-1.18
+    ratio_batches: int = 32
+    ratio_skip: int = 5  # the workers fill 2 batches each first: time the steady state
+    ratio_repetitions: int = 9  # the VM is noisy: single repetitions of the throughput ratio span 0.75-1.18
     work_batches: int = 40  # batches of the CPU-time work ratio (loaded in both modes)
 
 
@@ -317,12 +317,14 @@ def run(cfg: ScaleBenchConfig) -> dict:
         for n, entry in sorted(per_n.items(), key=lambda item: int(item[0])):
             if "loader" in entry:
                 target = 0.97 if int(n) >= 200_000 else None
+                handover = "handover_us" in entry["loader"].get("work", {})
                 if "work" in entry["loader"]:
                     ratios.append(ratio_entry(f"loader work kamim-cached/simmim {detector} N={int(n):,}",
                                               entry["loader"]["work"]["ratio"], target,
-                                              note="CPU time per image, batches of both modes interleaved"))
+                                              note="CPU time per image, batches of both modes interleaved"
+                                              + (", fetch + collate + hand-over" if handover else "")))
                 ratios.append(ratio_entry(f"loader throughput kamim-cached/simmim {detector} N={int(n):,}",
-                                          entry["loader"]["ratio"], None,
+                                          entry["loader"]["ratio"], target,
                                           note=f"median of {cfg.ratio_repetitions} paired repetitions, 2 workers"))
         worst = max(e["keypoints"][w]["cost_us"]["median"] for e in per_n.values() for w in e["keypoints"])
         ratios.append(ratio_entry(f"keypoint cost {detector} us/sample, worst median over N",

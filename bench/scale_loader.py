@@ -1,5 +1,6 @@
 """The cache-scale benchmark's loader ratio at one N (bench/scale.py): kamim-cached against simmim on real
-photos indexed modulo N, as images/s through real DataLoader workers and as CPU time per image."""
+photos indexed modulo N, as images/s through real DataLoader workers (with the CPU time of the main process
+and its workers over the same batches) and as CPU time per image in one process, batches interleaved."""
 
 from __future__ import annotations
 
@@ -39,36 +40,58 @@ def loader_ratio(cache_dir, detector: str, cfg: ScaleBenchConfig) -> dict:  # no
     from kamim.train.data import EpochBatches, PretrainSamples, collate
 
     from .caches import source
-    from .pipelines import loader_rate
+    from .pipelines import loader_rate_and_cpu
 
     cache = open_cache(cache_dir)
     photos = source(cfg.ratio_source, "train").open()
     dataset = Modulo(photos, len(cache))
     workers = cfg.ratio_workers or cores()
 
+    cpu_us: dict[str, list[float]] = {"simmim": [], "cached": []}
+
     def measure(mode: str) -> float:
         samples = PretrainSamples(dataset, mode, 16, 0, cache if mode == "cached" else None, detector)
         loader = DataLoader(samples, batch_sampler=EpochBatches(np.arange(len(cache)), cfg.batch_size, 0),
                             num_workers=workers, collate_fn=collate, multiprocessing_context="forkserver")
-        return loader_rate(loader, cfg.ratio_batches, cfg.ratio_skip)
+        rate, cpu = loader_rate_and_cpu(loader, cfg.ratio_batches, cfg.ratio_skip)
+        cpu_us[mode].append(cpu)
+        return rate
 
     rates = interleaved({"simmim": lambda: measure("simmim"), "cached": lambda: measure("cached")},
                         cfg.ratio_repetitions, log)
     work = work_ratio(dataset, cache, detector, cfg)
     log(f"  loader work per image (CPU time, batches interleaved): simmim {work['simmim_us']:.0f} us, "
         f"cached {work['cached_us']:.0f} us (collate {work['collate_us']['simmim']:.1f} / "
-        f"{work['collate_us']['cached']:.1f} us per image): ratio {work['ratio']:.3f}")
+        f"{work['collate_us']['cached']:.1f}, hand-over {work['handover_us']['simmim']:.1f} / "
+        f"{work['handover_us']['cached']:.1f} us per image): ratio {work['ratio']:.3f}")
     return {"images_per_s": {k: float(np.median(v)) for k, v in rates.items()}, "samples": rates,
             "ratio": paired_ratio(rates["cached"], rates["simmim"]), "workers": workers, "work": work,
+            "processes_cpu_us": {k: float(np.median(v)) for k, v in cpu_us.items()}, "processes_cpu_samples": cpu_us,
+            "processes_cpu_ratio": paired_ratio(cpu_us["simmim"], cpu_us["cached"]),
             "dataset": f"{cfg.ratio_source} ({len(photos)} photos) modulo {len(cache)}"}
+
+
+def hand_over(batch: dict) -> None:
+    """What handing a collated batch from a worker to the main process costs: torch's pickling into shared
+    memory, the receiver's rebuild (a file-descriptor handshake and a mapping per tensor), and one read of
+    every byte received (as the copy to the device does). Measured in one process (the handshake runs
+    against this process's own resource-sharer thread)."""
+    import pickle
+    from multiprocessing.reduction import ForkingPickler
+
+    import torch.multiprocessing  # noqa: F401  (registers torch's shared-memory reductions)
+
+    received = pickle.loads(ForkingPickler.dumps(batch))
+    for tensor in received.values():
+        tensor.clone()
 
 
 def work_ratio(dataset, cache, detector: str, cfg: ScaleBenchConfig) -> dict:  # noqa: ANN001
     """The loader's work per image, simmim against kamim-cached, as CPU time in one process: each batch of
-    random indices is fetched (``__getitems__``, as a DataLoader worker does) and collated in both modes
-    back to back (which goes first alternates, so neither always finds the CPU's caches warm). A
-    throughput ratio on this shared 2-core VM moves by +-15% between repetitions; this one is what it
-    converges to when the loader is CPU bound."""
+    random indices is fetched (``__getitems__``, as a DataLoader worker does), collated and handed over
+    (``hand_over``) in both modes back to back (which goes first alternates, so neither always finds the
+    CPU's caches warm). A throughput ratio on this shared 2-core VM moves by +-5-10% between repetitions;
+    this one is what it converges to when the loader is CPU bound."""
     from kamim.train.data import PretrainSamples, collate
 
     modes = {m: PretrainSamples(dataset, m, 16, 0, cache if m == "cached" else None, detector)
@@ -76,17 +99,25 @@ def work_ratio(dataset, cache, detector: str, cfg: ScaleBenchConfig) -> dict:  #
     order = np.random.default_rng(len(cache)).integers(0, len(cache), cfg.work_batches * cfg.batch_size).tolist()
     spent: dict[str, list[int]] = {m: [] for m in modes}
     collated: dict[str, list[int]] = {m: [] for m in modes}
+    handed: dict[str, list[int]] = {m: [] for m in modes}
     for b in range(cfg.work_batches):
         keys = [(0, index) for index in order[b * cfg.batch_size : (b + 1) * cfg.batch_size]]
         for mode in (("simmim", "cached") if b % 2 else ("cached", "simmim")):
             began = time.thread_time_ns()
             batch = modes[mode].__getitems__(keys)
             fetched = time.thread_time_ns()
-            collate(batch)
+            collated_batch = collate(batch)
             spent[mode].append(fetched - began)
             collated[mode].append(time.thread_time_ns() - fetched)
-    per_batch = {m: (float(np.mean(spent[m][1:])) + float(np.mean(collated[m][1:]))) / 1e3 for m in modes}
-    per_image = {m: per_batch[m] / cfg.batch_size for m in modes}  # the first batch warms both paths
-    return {"simmim_us": per_image["simmim"], "cached_us": per_image["cached"],
-            "collate_us": {m: float(np.mean(collated[m][1:])) / 1e3 / cfg.batch_size for m in modes},
-            "ratio": per_image["simmim"] / per_image["cached"], "images": len(order) - cfg.batch_size}
+            began = time.process_time_ns()  # the resource-sharer thread's share of the handshake included
+            hand_over(collated_batch)
+            handed[mode].append(time.process_time_ns() - began)
+
+    def per_image(times: list[int]) -> float:  # the first batch warms both paths
+        return float(np.mean(times[1:])) / 1e3 / cfg.batch_size
+
+    total = {m: per_image(spent[m]) + per_image(collated[m]) + per_image(handed[m]) for m in modes}
+    return {"simmim_us": total["simmim"], "cached_us": total["cached"],
+            "collate_us": {m: per_image(collated[m]) for m in modes},
+            "handover_us": {m: per_image(handed[m]) for m in modes},
+            "ratio": total["simmim"] / total["cached"], "images": len(order) - cfg.batch_size}
