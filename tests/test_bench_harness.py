@@ -79,3 +79,35 @@ def test_decode_jpeg_gives_pil_pixels_and_the_same_training_crops(tmp_path):
     # libjpeg(-turbo) on both sides with the same IDCT and upsampling: tolerance 0 on the CPU. nvJPEG on
     # a GPU differs by a few levels; bench.gpu's decode part measures that.
     assert diff["full_max"] == 0 and diff["crop_max"] == 0
+
+
+def test_cpu_ns_counts_every_thread_of_a_process_and_only_while_it_runs():
+    import os
+    import threading
+
+    from bench.pipelines import cpu_ns
+
+    def spin(seconds: float) -> None:
+        end = time.thread_time() + seconds
+        while time.thread_time() < end:
+            pass
+
+    before = cpu_ns([os.getpid()])
+    worker = threading.Thread(target=spin, args=(0.15,))
+    worker.start()
+    spin(0.15)
+    worker.join()
+    spent = (cpu_ns([os.getpid()]) - before) / 1e9
+    assert 0.27 <= spent < 0.6  # both threads' 0.15 s (one has ended), not the time the other one waited
+    idle = cpu_ns([os.getpid()])
+    time.sleep(0.2)
+    assert (cpu_ns([os.getpid()]) - idle) / 1e9 < 0.05
+
+
+def test_hand_over_moves_every_tensor_through_shared_memory_and_back():
+    from bench.scale_loader import hand_over
+
+    batch = {"image": torch.arange(3 * 64, dtype=torch.uint8).reshape(3, 64),
+             "codes": torch.tensor([-1, 5], dtype=torch.int16)}
+    hand_over(batch)  # no error, and the batch's storages are now shared, as a worker's are
+    assert all(t.is_shared() for t in batch.values())

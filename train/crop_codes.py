@@ -10,9 +10,9 @@ keeps is an integer interval of codes [lo, hi).
   the worker to choose their points).
 - ``code_crop`` + ``batch_points``: for plain caches the worker reads the codes (``point_codes``),
   keeps the crop's rows (``crop_rows``: the codes are sorted by y, so one binary search) and computes the
-  crop's four numbers per axis; the batch carries the codes padded, as stored (uint16 bits in an int16
-  tensor), and one float32 row per sample (``code_meta``: its count and both axes' maps), and
-  ``batch_points`` maps them on the device, in one vectorised step for the whole batch, with the points left of or right of
+  crop's four numbers per axis; the batch carries the codes padded, as stored (uint16 bits as int16),
+  and one float32 row per sample (``code_meta``: its count and both axes' maps), and ``batch_points``
+  maps them on the device, in one vectorised step for the whole batch, with the points left of or right of
   the crop moved far off the canvas (the ring raster drops them; it draws with "set", so order and
   padding never matter). The per-sample cost in the worker is then one ``pread``, a checksum and a
   binary search.
@@ -99,29 +99,27 @@ def code_crop(steps: int, sx: float, sy: float, crop: CropParams, size: int = 19
     return ax, bx + ax * x_low, x_low, x_high, ay, by + ay * y_low, y_low, y_high
 
 
-def code_meta(crops: list[tuple[float, ...]], counts: list[int]) -> torch.Tensor:
+def code_meta(crops: list[tuple[float, ...]], counts: list[int]) -> np.ndarray:
     """A batch's ``code_crop`` tuples and point counts -> float32 [B, 9]: (count, then (a, b, lo, hi) for x
-    and for y). One tensor, not three: every tensor a loader worker hands over costs a shared-memory
-    segment and a file-descriptor handshake with the main process (~10 us an image at batch 32). The
-    counts and the bounds (integers up to 2**16) are exact in float32; a and b are rounded to float32
-    as the step uses them."""
+    and for y). The counts and the bounds (integers up to 2**16) are exact in float32; a and b are
+    rounded to float32 as the step uses them."""
     rows = np.empty((len(crops), 9), dtype=np.float32)
     rows[:, 0] = counts
     rows[:, 1:] = np.array(crops, dtype=np.float64).reshape(-1, 8)
-    return torch.from_numpy(rows)
+    return rows
 
 
 def batch_points(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """(points [B,P,2] float32 crop pixels, counts [B]) of a collated batch, on the batch's device.
 
     A batch of plain-cache samples carries ``codes`` [B,2,P] (each sample's x codes, then its y codes, as
-    stored: uint16 bits in an int16 tensor, half the bytes of int32 to move from the loader worker) and
-    ``code_meta`` float32 [B,9] (``code_meta``); its points are mapped here, dropped ones moved to FAR.
-    Other batches carry ``points`` and ``counts`` already."""
+    stored: uint16 bits as int16) and ``code_meta`` float32 [B,9] (``code_meta``), numpy arrays from the
+    loader (train.data.collate says why) and tensors once ``Device.to`` has placed them; its points are
+    mapped here, dropped ones moved to FAR. Other batches carry ``points`` and ``counts`` already."""
     if "codes" not in batch:
         return batch["points"], batch["counts"]
-    codes = batch["codes"].to(torch.int32) & 0xFFFF  # the stored uint16 values again
-    meta = batch["code_meta"]
+    codes = torch.as_tensor(batch["codes"]).to(torch.int32) & 0xFFFF  # the stored uint16 values again
+    meta = torch.as_tensor(batch["code_meta"])
     counts, axes = meta[:, 0].to(torch.int64), meta[:, 1:].reshape(-1, 2, 4)  # per axis (a, b, lo, hi)
     low, high = axes[..., 2:3].to(torch.int32), axes[..., 3:4].to(torch.int32)  # [B,2,1]
     kept = ((codes >= low) & (codes < high)).all(dim=1)  # [B,P]

@@ -144,7 +144,7 @@ class EpochBatches(Sampler):
             epoch, offset = epoch + 1, 0
 
 
-def collate(samples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+def collate(samples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor | np.ndarray]:
     """Stack images/masks/maps; pad points to [B, P, 2] with their counts [B], or a plain cache's codes to
     [B, 2, P] with each sample's count and crop map in ``code_meta`` (P a multiple of 64)."""
     batch = {"mask": torch.stack([s["mask"] for s in samples])}
@@ -174,8 +174,12 @@ def collate(samples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
             stored, (first, last), half = s["codes"], s["code_rows"], len(s["codes"]) // 2
             codes[row, 0, : counts[row]] = stored[first:last]  # numpy: the x codes of the crop's rows
             codes[row, 1, : counts[row]] = stored[half + first : half + last]  # and their y codes
-        # As stored, in an int16 tensor (torch's uint16 lacks kernels on some devices): half of int32's bytes.
-        batch["codes"] = torch.from_numpy(codes.view(np.int16))
+        # numpy, not tensors: a loader worker hands each tensor over through its own shared-memory segment
+        # and a file-descriptor handshake with the main process, which cost 51 us an image at batch 32 for
+        # these two (bench/scale_loader.py's hand_over); numpy arrays travel inside the batch's pickle for
+        # 14. Device.to makes them tensors. The codes as stored (uint16 bits as int16: torch's uint16 lacks
+        # kernels on some devices), half of int32's bytes.
+        batch["codes"] = codes.view(np.int16)
         batch["code_meta"] = code_meta([s["code_crop"] for s in samples], counts)
     return batch
 

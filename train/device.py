@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from kamim.errors import UserError
@@ -44,10 +45,12 @@ class Device:
         """A real scaler for fp16 only; disabled (a pass-through with a state dict) otherwise."""
         return torch.amp.GradScaler(self.kind if self.kind != "xla" else "cpu", enabled=self.precision == "fp16")
 
-    def to(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def to(self, batch: dict[str, torch.Tensor | np.ndarray]) -> dict[str, torch.Tensor]:
+        """The batch on this device; numpy arrays (a plain cache's codes, train.data.collate) become tensors."""
         non_blocking = self.kind == "cuda"
         # --decode device: the JPEG bytes and their crops stay on the host (decode_jpeg reads them there)
-        return {k: v if k in HOST_KEYS else v.to(self.device, non_blocking=non_blocking) for k, v in batch.items()}
+        return {k: v if k in HOST_KEYS else torch.as_tensor(v).to(self.device, non_blocking=non_blocking)
+                for k, v in batch.items()}
 
     def reduce_gradients(self, optimizer: torch.optim.Optimizer) -> None:
         """XLA multi-process needs an explicit all-reduce before clipping (DDP does it in backward)."""

@@ -101,9 +101,9 @@ def test_a_batch_of_cache_codes_maps_into_its_crops_on_xla_as_on_the_cpu(xla):  
     for k in range(4):
         with seeded(k):
             crops.append(code_crop(16, 0.5, 0.5, sample_crop(800, 900)))
-    batch = {"codes": torch.from_numpy(codes.view(np.int16)), "code_meta": code_meta(crops, [256, 100, 0, 256])}
+    batch = {"codes": codes.view(np.int16), "code_meta": code_meta(crops, [256, 100, 0, 256])}  # as collate makes them
     on_cpu, _ = batch_points(batch)
-    on_xla, _ = batch_points({k: v.to(xla.device) for k, v in batch.items()})
+    on_xla, _ = batch_points({k: torch.as_tensor(v).to(xla.device) for k, v in batch.items()})
     on_xla = on_xla.cpu()
     kept = on_cpu[..., 0] > FAR / 2
     assert 100 < int(kept.sum()) < kept.numel() and torch.equal(on_xla[..., 0] > FAR / 2, kept)

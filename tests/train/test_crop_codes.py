@@ -10,6 +10,7 @@ from kamim.preprocess.raster import ring_maps_torch
 from kamim.train.augment import CropParams, crop_points, crop_points_keep, sample_crop, seeded
 from kamim.train.crop_codes import batch_point_lists, batch_points, code_crop, crop_codes, crop_rows
 from kamim.train.data import collate
+from kamim.train.device import resolve_device
 
 STEPS = 16
 
@@ -108,8 +109,13 @@ def test_the_step_maps_a_collated_batch_of_codes_as_crop_codes_does_and_rasters_
                         "codes": codes, "code_rows": (first, last), "code_crop": crop_map})
         expected.append(crop_codes(codes, STEPS, detect, detect, crop)[0])
     batch = collate(samples)
-    assert batch["codes"].dtype == torch.int16 and batch["codes"].shape[1] == 2 and batch["codes"].shape[2] % 64 == 0
-    assert set(batch) == {"image", "mask", "codes", "code_meta"}  # one tensor for counts and crop maps
+    assert batch["codes"].dtype == np.int16 and batch["codes"].shape[1] == 2 and batch["codes"].shape[2] % 64 == 0
+    assert set(batch) == {"image", "mask", "codes", "code_meta"}  # one array for counts and crop maps
+    # numpy, pickled inline: no shared-memory segment (and fd handshake) per array in a loader worker
+    assert isinstance(batch["codes"], np.ndarray) and isinstance(batch["code_meta"], np.ndarray)
+    on_device = resolve_device("cpu").to(batch)  # what the training step receives: tensors, same values
+    assert all(isinstance(v, torch.Tensor) for v in on_device.values())
+    assert torch.equal(batch_points(on_device)[0], batch_points(batch)[0])
     got = batch_point_lists(batch)
     assert sum(len(e) for e in expected) > 10_000
     for mapped, reference in zip(got, expected, strict=True):

@@ -22,6 +22,7 @@ from kamim.errors import UserError
 from kamim.preprocess.build import CacheConfig, build_cache
 from kamim.train.augment import CropParams
 from kamim.train.data import EpochBatches, PretrainSamples, collate
+from kamim.train.device import resolve_device
 from kamim.train.device_decode import UndecodableJpeg, check_decoder, crop_row, decode_batch, read_jpeg
 from kamim.train.pretrain import PretrainConfig, run_pretrain
 
@@ -61,7 +62,7 @@ def jpegs(tmp_path_factory):
 
 
 def batches(samples: PretrainSamples, keys: list[list[tuple[int, int]]]) -> list[dict]:
-    return [decode_batch(collate(samples.__getitems__(chunk))) for chunk in keys]
+    return [decode_batch(resolve_device("cpu").to(collate(samples.__getitems__(chunk)))) for chunk in keys]  # as the step
 
 
 def test_header_check_sends_only_decodable_jpegs_to_the_device(jpegs):
