@@ -22,9 +22,9 @@ class LoaderBenchConfig:
     detectors: tuple[str, ...] = ("fast", "sift")
     batch_size: int = 32
     workers: int = 0  # 0: all cores
-    batches: int = 12  # timed batches per measurement
-    skip: int = 3  # untimed batches first (worker start-up, the first parallel fill)
-    repetitions: int = 3
+    batches: int = 32  # timed batches per measurement (12, about half a second, let one slow phase decide)
+    skip: int = 5  # untimed batches first (worker start-up and the workers' first fill, 2 batches each)
+    repetitions: int = 5
 
 
 def variants_for(detectors: tuple[str, ...]) -> list[tuple[str, str]]:

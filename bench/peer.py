@@ -91,8 +91,8 @@ def time_block(step: Callable[[], torch.Tensor], count: int, device) -> float:  
 
 
 def tiled(batch: dict[str, torch.Tensor], size: int) -> dict[str, torch.Tensor]:
-    reps = -(-size // batch["image"].shape[0])
-    return {k: torch.cat([v] * reps)[:size] for k, v in batch.items()}
+    reps = -(-size // batch["image"].shape[0])  # (a plain cache's codes come from the loader as numpy)
+    return {k: torch.cat([torch.as_tensor(v)] * reps)[:size] for k, v in batch.items()}
 
 
 def pinned(batch: dict[str, torch.Tensor], device) -> dict[str, torch.Tensor]:  # noqa: ANN001
