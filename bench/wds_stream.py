@@ -66,9 +66,9 @@ class WdsStreamBenchConfig:
     store_size: int = 256  # the large photos' shards hold images pre-resized to this shorter side
     batch_size: int = 32
     workers: int = 0  # 0: all cores
-    batches: int = 12
-    skip: int = 3
-    repetitions: int = 3
+    batches: int = 32  # as bench.loader: 12 timed batches let one slow phase decide
+    skip: int = 5
+    repetitions: int = 5
 
 
 def run(cfg: WdsStreamBenchConfig) -> dict:

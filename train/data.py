@@ -165,6 +165,8 @@ def collate(samples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor | 
         points = np.zeros((len(samples), width, 2), dtype=np.float32)  # numpy: ~10x cheaper per row than torch
         for row, s in enumerate(samples):
             points[row, : counts[row]] = s["points"].numpy()
+        # Tensors, unlike a plain cache's codes below: measured on webdataset streams (bench.wds_stream, two
+        # runs each), these float32 points read 0.92 of SimMIM's images/s as tensors, 0.88 as numpy.
         batch["points"], batch["counts"] = torch.from_numpy(points), torch.tensor(counts, dtype=torch.int64)
     if "codes" in samples[0]:  # a plain cache's stored codes: mapped into each crop on the device
         counts = [last - first for first, last in (s["code_rows"] for s in samples)]

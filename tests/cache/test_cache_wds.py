@@ -87,3 +87,22 @@ def test_reader_decodes_known_keys_only_and_never_unpickles(tmp_path):
     with pytest.raises(UserError, match="unreadable keypoints"):
         list(iter_wds([shard]))
     assert not tripwire.exists()
+
+
+@pytest.mark.parametrize("rows", [0, 1, 1422])
+def test_points_read_as_np_load_reads_them_and_anything_else_goes_through_np_load(rows):
+    import io
+
+    from kamim.cache.wds_store import load_points
+
+    points = (np.random.default_rng(rows).random((rows, 2)) * 300).astype(np.float32)
+    buffer = io.BytesIO()
+    np.save(buffer, points)  # as the writer stores them
+    data = buffer.getvalue()
+    fast = load_points(data)
+    assert fast.dtype == np.float32 and fast.shape == (rows, 2) and np.array_equal(fast, points)
+    other = io.BytesIO()
+    np.save(other, points.astype(np.float64))  # another header: the np.load path, same values
+    assert np.array_equal(load_points(other.getvalue()), points)
+    with pytest.raises((ValueError, OSError, EOFError)):  # a truncated member is not read short (UserError above)
+        load_points(data[:-4] if rows else data[:-1])
