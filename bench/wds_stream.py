@@ -2,7 +2,9 @@
 
 Both are `train.wds_stream.WdsPretrainStream` over the same shard list, seed, shuffle buffer, crops and masks;
 the SimMIM side decodes the image only (the keypoints in the shard are not parsed), the kamim side decodes
-the image and its points and moves the points through the crop. Images/s of the DataLoader, interleaved.
+the image and its points and hands them over with the crop's numbers (the step moves them through the crop).
+Two measures, both interleaved: images/s of the DataLoader, and the work per image in one process (CPU
+time to decode, augment, collate and hand a batch over), which a 2-core VM's noise moves far less.
 
     python -m bench.wds_stream [--quick]
 """
@@ -10,6 +12,7 @@ the image and its points and moves the points through the crop. Images/s of the 
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -29,6 +32,7 @@ from kamim.train.wds_stream import (
 from .caches import ensure_cache, source
 from .common import cores, interleaved, log, paired_ratio, ratio_entry, start, summary, write_result
 from .pipelines import PATCH, SEED, loader_rate
+from .scale_loader import hand_over
 
 
 class ImagesOnlyStream(WdsPretrainStream):
@@ -58,6 +62,46 @@ def sample_seed_of(seed: int, draw: int, index: int) -> int:
     return sample_seed(seed, draw, index)
 
 
+def work_ratio(cache, cfg: WdsStreamBenchConfig) -> dict:  # noqa: ANN001
+    """CPU time per image of one loader worker's work plus the hand-over, SimMIM against kamim-cached, on the
+    same raw samples, crops and masks: each batch of random samples is decoded, augmented, collated and
+    handed over (bench.scale_loader.hand_over) in both modes back to back, alternating which goes first."""
+    from kamim.cache.wds_store import decode_wds_sample, read_shard
+    from kamim.datasets import decode_image
+    from kamim.train.data import collate
+
+    verify = bool(getattr(cache, "checksummed", False))
+    raw = [sample for shard in cache.shards for sample in read_shard(str(shard), verify)]
+    streams = {m: WdsPretrainStream(cache.shards, m, PATCH, SEED, cfg.batch_size) for m in ("simmim", "cached")}
+    none = np.zeros((0, 2), np.float32)
+
+    def decoded(mode: str, sample: dict) -> tuple:
+        if mode == "cached":
+            return decode_wds_sample(sample)[:2]
+        return decode_image(sample["jpg"], name=f"{sample['__key__']}.jpg"), none  # as ImagesOnlyStream
+
+    rng = np.random.default_rng(SEED)
+    spent: dict[str, dict[str, list[int]]] = {m: {"worker": [], "hand_over": []} for m in streams}
+    for b in range(cfg.work_batches):
+        chunk = [raw[i] for i in rng.integers(0, len(raw), cfg.batch_size)]
+        for mode in (("simmim", "cached") if b % 2 else ("cached", "simmim")):
+            began = time.thread_time_ns()
+            batch = collate([streams[mode].augment(*decoded(mode, sample), SEED + b * cfg.batch_size + k)
+                             for k, sample in enumerate(chunk)])
+            spent[mode]["worker"].append(time.thread_time_ns() - began)
+            began = time.process_time_ns()  # the resource-sharer thread's share of a tensor's handshake included
+            hand_over(batch)
+            spent[mode]["hand_over"].append(time.process_time_ns() - began)
+
+    def per_image(times: list[int]) -> float:  # the first batches warm both paths
+        return float(np.mean(times[2:])) / 1e3 / cfg.batch_size
+
+    parts = {m: {part: per_image(times) for part, times in spent[m].items()} for m in spent}
+    total = {m: sum(parts[m].values()) for m in parts}
+    return {"simmim_us": total["simmim"], "cached_us": total["cached"], "parts_us": parts,
+            "ratio": total["simmim"] / total["cached"], "images": (cfg.work_batches - 2) * cfg.batch_size}
+
+
 @dataclass
 class WdsStreamBenchConfig:
     quick: bool = False
@@ -69,6 +113,7 @@ class WdsStreamBenchConfig:
     batches: int = 32  # as bench.loader: 12 timed batches let one slow phase decide
     skip: int = 5
     repetitions: int = 5
+    work_batches: int = 60  # batches of the work measure (each in both modes)
 
 
 def run(cfg: WdsStreamBenchConfig) -> dict:
@@ -91,10 +136,15 @@ def run(cfg: WdsStreamBenchConfig) -> dict:
 
         samples = interleaved({"simmim-wds": lambda m=measure: m("simmim"),
                                "kamim-cached-wds": lambda m=measure: m("cached")}, cfg.repetitions, log)
-        results[tag] = {"images_per_s": summary(samples), "shards": len(cache.shards),
+        work = work_ratio(cache, cfg)
+        log(f"  work per image: simmim {work['simmim_us']:.0f} us, kamim-cached {work['cached_us']:.0f} us "
+            f"(ratio {work['ratio']:.3f})")
+        results[tag] = {"images_per_s": summary(samples), "work": work, "shards": len(cache.shards),
                         "store_size": store}
         ratios.append(ratio_entry(f"loader {tag} wds kamim-cached/simmim (same shards)",
                                   paired_ratio(samples["kamim-cached-wds"], samples["simmim-wds"]), 0.95))
+        ratios.append(ratio_entry(f"loader {tag} wds work per image simmim/kamim-cached (same samples)",
+                                  work["ratio"], 0.95))
     payload = {"workers": workers, "results": results, "ratios": ratios}
     write_result("wds_stream", cfg, payload, began)
     return payload
@@ -104,6 +154,7 @@ def config(quick: bool = False) -> WdsStreamBenchConfig:
     cfg = WdsStreamBenchConfig(quick=quick)
     if quick:
         cfg.sources, cfg.batches, cfg.skip, cfg.repetitions, cfg.batch_size = ("large",), 6, 2, 2, 16
+        cfg.work_batches = 6
     return cfg
 
 

@@ -16,6 +16,10 @@ keeps is an integer interval of codes [lo, hi).
   the crop moved far off the canvas (the ring raster drops them; it draws with "set", so order and
   padding never matter). The per-sample cost in the worker is then one ``pread``, a checksum and a
   binary search.
+- ``point_crop`` + ``source_meta``: webdataset samples carry float32 source points, not codes. The worker
+  hands them over as read with the crop's numbers (``point_crop``), and ``batch_points`` moves them
+  through the crop on the device with crop_points' own float32 steps, so the points are the same bit for
+  bit as the worker's ``crop_points`` (bench/wds_stream.py measures what the worker saves).
 """
 
 from __future__ import annotations
@@ -109,13 +113,44 @@ def code_meta(crops: list[tuple[float, ...]], counts: list[int]) -> np.ndarray:
     return rows
 
 
+def point_crop(crop: CropParams, size: int = 192) -> tuple[float, ...]:
+    """The numbers ``crop_points`` moves a sample's source points by: (left, top, size / width, size /
+    height, hflip, vflip, size). One tuple per sample from the loader worker; ``source_meta`` packs them."""
+    return crop.left, crop.top, size / crop.width, size / crop.height, crop.hflip, crop.vflip, size
+
+
+def source_meta(crops: list[tuple[float, ...]], counts: list[int]) -> np.ndarray:
+    """A batch's ``point_crop`` tuples and point counts -> float32 [B, 8]: (count, then ``point_crop``).
+    The counts and the crop's integers are exact in float32, and the scales are rounded to float32 exactly
+    as numpy rounds a Python float that multiplies a float32 array in ``crop_points``."""
+    rows = np.empty((len(crops), 8), dtype=np.float32)
+    rows[:, 0] = counts
+    rows[:, 1:] = np.array(crops, dtype=np.float64).reshape(-1, 7)
+    return rows
+
+
+def source_batch_points(points: torch.Tensor, meta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """float32 source points [B,P,2] and their ``source_meta`` rows [B,8] -> (crop points [B,P,2], counts
+    [B]), points off the crop moved to FAR. crop_points' operations in its order, each rounded to float32
+    (separate tensor ops, so no fused multiply-add): the same bits as the worker's ``crop_points``."""
+    rows = meta[:, None, :]  # [B,1,8]: broadcast over the points
+    origin, scale, flip, size = rows[..., 1:3], rows[..., 3:5], rows[..., 5:7] > 0, rows[..., 7:8]
+    xy = (points - origin + 0.5) * scale - 0.5
+    xy = torch.where(flip, (size - 1) - xy, xy)
+    kept = ((xy >= -0.5) & (xy < size - 0.5)).all(dim=-1, keepdim=True)
+    return torch.where(kept, xy, torch.full_like(xy, FAR)), meta[:, 0].to(torch.int64)
+
+
 def batch_points(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """(points [B,P,2] float32 crop pixels, counts [B]) of a collated batch, on the batch's device.
 
     A batch of plain-cache samples carries ``codes`` [B,2,P] (each sample's x codes, then its y codes, as
     stored: uint16 bits as int16) and ``code_meta`` float32 [B,9] (``code_meta``), numpy arrays from the
     loader (train.data.collate says why) and tensors once ``Device.to`` has placed them; its points are
-    mapped here, dropped ones moved to FAR. Other batches carry ``points`` and ``counts`` already."""
+    mapped here, dropped ones moved to FAR. A webdataset batch carries ``source_points`` [B,P,2] and
+    ``source_meta`` [B,8] (``source_batch_points``). Other batches carry ``points`` and ``counts`` already."""
+    if "source_points" in batch:
+        return source_batch_points(torch.as_tensor(batch["source_points"]), torch.as_tensor(batch["source_meta"]))
     if "codes" not in batch:
         return batch["points"], batch["counts"]
     codes = torch.as_tensor(batch["codes"]).to(torch.int32) & 0xFFFF  # the stored uint16 values again

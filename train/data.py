@@ -22,7 +22,7 @@ from kamim.datasets import ImageDataset, read_or_next
 from kamim.malloc import keep_freed_memory
 
 from .augment import crop_image, sample_crop, sample_seed, seeded
-from .crop_codes import code_meta
+from .crop_codes import code_meta, source_meta
 from .crop_select import cached_batch_points
 from .device_decode import collate_jpegs, crop_row, read_jpeg
 from .distributed import rank_share
@@ -144,8 +144,14 @@ class EpochBatches(Sampler):
             epoch, offset = epoch + 1, 0
 
 
+def padded_width(counts: list[int]) -> int:
+    """The batch's point axis: its largest count rounded up to a multiple of POINT_PAD."""
+    return max(POINT_PAD, math.ceil(max(counts) / POINT_PAD) * POINT_PAD)
+
+
 def collate(samples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor | np.ndarray]:
-    """Stack images/masks/maps; pad points to [B, P, 2] with their counts [B], or a plain cache's codes to
+    """Stack images/masks/maps; pad crop points to [B, P, 2] with their counts [B], a webdataset sample's
+    source points to [B, P, 2] with its count and crop in ``source_meta``, or a plain cache's codes to
     [B, 2, P] with each sample's count and crop map in ``code_meta`` (P a multiple of 64)."""
     batch = {"mask": torch.stack([s["mask"] for s in samples])}
     if any("jpeg" in s for s in samples):  # --decode device: rows the step fills (train/device_decode.py)
@@ -159,19 +165,25 @@ def collate(samples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor | 
         batch["image"] = torch.stack([s["image"] for s in samples])
     if "map" in samples[0]:
         batch["map"] = torch.stack([s["map"] for s in samples])
-    if "points" in samples[0]:
+    if "points" in samples[0]:  # a selection cache's chosen crop points (train/crop_select.py)
         counts = [len(s["points"]) for s in samples]
-        width = max(POINT_PAD, math.ceil(max(counts) / POINT_PAD) * POINT_PAD)
-        points = np.zeros((len(samples), width, 2), dtype=np.float32)  # numpy: ~10x cheaper per row than torch
+        points = np.zeros((len(samples), padded_width(counts), 2), dtype=np.float32)  # ~10x cheaper per row than torch
         for row, s in enumerate(samples):
             points[row, : counts[row]] = s["points"].numpy()
-        # Tensors, unlike a plain cache's codes below: measured on webdataset streams (bench.wds_stream, two
-        # runs each), these float32 points read 0.92 of SimMIM's images/s as tensors, 0.88 as numpy.
+        # Tensors: a throughput comparison on webdataset streams, when those still cropped in the worker (two
+        # runs each, +-5%), read 0.92 of SimMIM's images/s as tensors and 0.88 as numpy; not measured since.
         batch["points"], batch["counts"] = torch.from_numpy(points), torch.tensor(counts, dtype=torch.int64)
+    if "source_points" in samples[0]:  # a webdataset sample's points as read: moved into the crop on the device
+        counts = [len(s["source_points"]) for s in samples]
+        points = np.zeros((len(samples), padded_width(counts), 2), dtype=np.float32)
+        for row, s in enumerate(samples):
+            points[row, : counts[row]] = s["source_points"]
+        # numpy, pickled inline, for the reason given for codes below (bench/wds_stream.py's work measure)
+        batch["source_points"] = points
+        batch["source_meta"] = source_meta([s["point_crop"] for s in samples], counts)
     if "codes" in samples[0]:  # a plain cache's stored codes: mapped into each crop on the device
         counts = [last - first for first, last in (s["code_rows"] for s in samples)]
-        width = max(POINT_PAD, math.ceil(max(counts) / POINT_PAD) * POINT_PAD)
-        codes = np.zeros((len(samples), 2, width), dtype=np.uint16)  # [B, (x, y), P]: contiguous row copies
+        codes = np.zeros((len(samples), 2, padded_width(counts)), dtype=np.uint16)  # [B, (x, y), P]: row copies
         for row, s in enumerate(samples):
             stored, (first, last), half = s["codes"], s["code_rows"], len(s["codes"]) // 2
             codes[row, 0, : counts[row]] = stored[first:last]  # numpy: the x codes of the crop's rows

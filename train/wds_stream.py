@@ -22,7 +22,8 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from kamim.malloc import keep_freed_memory
 
-from .augment import crop_image, crop_points, sample_crop, sample_seed, seeded
+from .augment import crop_image, sample_crop, sample_seed, seeded
+from .crop_codes import point_crop
 from .data import OneLineErrorLoader, collate, online_ring_map
 from .masking import random_mask
 
@@ -75,8 +76,8 @@ class WdsPretrainStream(IterableDataset):
             crop = sample_crop(image.shape[0], image.shape[1], self.img_size)
             mask = random_mask(None, self.model_patch_size, self.img_size)
         sample = {"image": crop_image(image, crop, self.img_size), "mask": mask}
-        if self.mode == "cached":
-            sample["points"] = torch.from_numpy(crop_points(points, crop, self.img_size))
+        if self.mode == "cached":  # moved into the crop on the device (kamim.train.crop_codes.point_crop)
+            sample["source_points"], sample["point_crop"] = points, point_crop(crop, self.img_size)
         elif self.mode == "online":
             sample["map"] = torch.from_numpy(online_ring_map(sample["image"], self.detector, self.gray))
         return sample

@@ -16,6 +16,7 @@ import torch
 from scaleout_helpers import TINY, environment, make_photo_folder, photo_crop, run_kamim
 
 from kamim.cache.wds_store import encode_sample, write_shard
+from kamim.train.crop_codes import FAR, batch_points
 from kamim.train.wds_stream import WdsPretrainStream
 
 SHARD_SIZES = (5, 1, 2)  # uneven, and 3 shards for 2 ranks x 2 workers = 4 readers
@@ -58,7 +59,7 @@ def test_every_rank_gets_the_batches_it_asks_for_from_uneven_shards(shards):  # 
         for batch in batches:
             assert batch["image"].shape == (2, 3, 192, 192) and batch["image"].dtype == torch.uint8
             assert batch["mask"].shape == (2, 12, 12)
-            assert batch["points"].shape[0] == 2 and batch["counts"].shape == (2,)
+            assert batch["source_points"].shape[0] == 2 and batch["source_meta"].shape == (2, 8)
     # ranks and workers draw different streams; a rank's stream is reproducible
     assert not torch.equal(per_rank[0][0]["image"], per_rank[1][0]["image"])
     assert not torch.equal(per_rank[0][0]["image"], per_rank[0][1]["image"])
@@ -68,9 +69,9 @@ def test_every_rank_gets_the_batches_it_asks_for_from_uneven_shards(shards):  # 
 
 def test_points_follow_the_crop(shards):  # noqa: ANN001
     batch = _take(shards, 0, 1, workers=0)[0]
-    for points, count in zip(batch["points"], batch["counts"], strict=True):
-        inside = points[:count]
-        assert count > 0 and inside.min() >= -0.5 and inside.max() <= 192.5  # in the 192-px crop
+    for points, count in zip(*batch_points(batch), strict=True):  # moved into the crop as the step does
+        inside = points[:count][points[:count, 0] > FAR / 2]  # the points the crop keeps
+        assert len(inside) > 0 and inside.min() >= -0.5 and inside.max() <= 192.5  # in the 192-px crop
 
 
 def test_torchrun_pretrains_from_a_wds_cache_with_uneven_shards(tmp_path):  # noqa: ANN001

@@ -1,5 +1,6 @@
 """crop_codes: a cache's integer codes moved into the crop in one step agree with the reference chain
-(to_source, then crop_points) on which points are kept, and to float32 rounding on where they land."""
+(to_source, then crop_points) on which points are kept, and to float32 rounding on where they land; a
+webdataset batch's source points moved on the device equal crop_points bit for bit."""
 
 import numpy as np
 import pytest
@@ -8,7 +9,14 @@ import torch
 from kamim.cache.points import to_source
 from kamim.preprocess.raster import ring_maps_torch
 from kamim.train.augment import CropParams, crop_points, crop_points_keep, sample_crop, seeded
-from kamim.train.crop_codes import batch_point_lists, batch_points, code_crop, crop_codes, crop_rows
+from kamim.train.crop_codes import (
+    batch_point_lists,
+    batch_points,
+    code_crop,
+    crop_codes,
+    crop_rows,
+    point_crop,
+)
 from kamim.train.data import collate
 from kamim.train.device import resolve_device
 
@@ -147,3 +155,58 @@ def test_codes_with_the_top_bit_set_survive_the_batch_and_map_as_crop_codes_does
     got, reference = batch_point_lists(batch)[0], crop_codes(codes, STEPS, 1.0, 1.0, crop)[0]
     assert len(reference) > 300 and got.shape == reference.shape
     np.testing.assert_allclose(got, reference, rtol=0, atol=3e-5)
+
+
+def wds_sample(points: np.ndarray, crop: CropParams, size: int = 192) -> dict:
+    """A webdataset sample as the stream's worker hands it to collate (kamim.train.wds_stream)."""
+    return {"image": torch.zeros(3, 8, 8, dtype=torch.uint8), "mask": torch.zeros(2, 2),
+            "source_points": points, "point_crop": point_crop(crop, size)}
+
+
+@pytest.mark.parametrize("size", [192, 224])
+def test_the_step_moves_webdataset_points_through_the_crop_bit_for_bit_as_crop_points(size):
+    rng = np.random.default_rng(size)
+    samples, expected = [], []
+    for k in range(40):
+        height, width = (int(v) for v in rng.integers(20, 1600, 2))
+        points = rng.uniform(0, 1, (0 if k == 0 else int(rng.integers(1, 3000)), 2)) * [width, height]  # k=0: none
+        if k % 2:  # on half pixels: points fall exactly on the crop's edges (kept at -0.5, dropped at size - 0.5)
+            points = np.round(points * 2) / 2
+        points = points.astype(np.float32)
+        with seeded(k):
+            crop = sample_crop(height, width, size)
+        if k == 1:  # the edges themselves, flipped both ways
+            crop = CropParams(top=10, left=20, height=100, width=90, vflip=True, hflip=True)
+            points = np.array([[19.5, 50], [109.5, 50], [40, 9.5], [40, 109.5], [109.4, 109.4]], np.float32)
+        samples.append(wds_sample(points, crop, size))
+        expected.append(crop_points(points, crop, size))
+    batch = collate(samples)
+    assert set(batch) == {"image", "mask", "source_points", "source_meta"}  # counts ride in source_meta
+    assert isinstance(batch["source_points"], np.ndarray) and isinstance(batch["source_meta"], np.ndarray)
+    assert batch["source_points"].shape[1] % 64 == 0
+    on_device = resolve_device("cpu").to(batch)
+    assert torch.equal(batch_points(on_device)[0], batch_points(batch)[0])
+    got = batch_point_lists(batch)
+    assert sum(len(e) for e in expected) > 10_000 and len(expected[0]) == 0
+    assert 0 < len(expected[1]) < 5  # of the edge points some are kept, some dropped
+    for mapped, reference in zip(got, expected, strict=True):
+        assert mapped.dtype == np.float32 and np.array_equal(mapped, reference)  # bit for bit, same points kept
+
+
+def test_a_webdataset_stream_batch_maps_to_what_the_worker_used_to_compute(tmp_path):
+    from kamim.cache.wds_store import decode_wds_sample, encode_sample, read_shard, write_shard
+    from kamim.train.wds_stream import WdsPretrainStream
+
+    rng = np.random.default_rng(5)
+    image = rng.integers(0, 255, (120, 160, 3), dtype=np.uint8)
+    points = (rng.uniform(0, 1, (900, 2)) * [160, 120]).astype(np.float32)
+    write_shard(tmp_path / "shard-000000.tar", [encode_sample(0, image, points, 3)])
+    stream = WdsPretrainStream([tmp_path / "shard-000000.tar"], "cached", 16, seed=0, batch_size=4)
+    decoded, stored, _ = decode_wds_sample(next(read_shard(str(tmp_path / "shard-000000.tar"), False)))
+    samples = [stream.augment(decoded, stored, seed) for seed in range(4)]
+    crops = []
+    for seed in range(4):  # the crop the stream drew for that seed (augment draws the crop first)
+        with seeded(seed):
+            crops.append(sample_crop(120, 160, 192))
+    for mapped, crop in zip(batch_point_lists(collate(samples)), crops, strict=True):
+        assert len(mapped) > 20 and np.array_equal(mapped, crop_points(stored, crop))
