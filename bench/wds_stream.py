@@ -26,6 +26,7 @@ from kamim.train.wds_stream import (
     OneLineErrorLoader,
     WdsPretrainStream,
     _zero_seed,
+    collated,
     wds_loader,
 )
 
@@ -131,7 +132,7 @@ def run(cfg: WdsStreamBenchConfig) -> dict:
                 loader = wds_loader(cache, "cached", PATCH, SEED, cfg.batch_size, 0, workers, 0, cfg.detector)
             else:
                 stream = ImagesOnlyStream(cache.shards, "simmim", PATCH, SEED, cfg.batch_size, verify=verify)
-                loader = OneLineErrorLoader(stream, batch_size=None, num_workers=workers)
+                loader = OneLineErrorLoader(stream, batch_size=None, num_workers=workers, collate_fn=collated)
             return loader_rate(loader, cfg.batches, cfg.skip)
 
         samples = interleaved({"simmim-wds": lambda m=measure: m("simmim"),

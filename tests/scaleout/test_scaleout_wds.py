@@ -67,6 +67,19 @@ def test_every_rank_gets_the_batches_it_asks_for_from_uneven_shards(shards):  # 
     assert all(torch.equal(a["image"], b["image"]) for a, b in zip(again, per_rank[0][:3], strict=True))
 
 
+def test_the_training_loader_hands_the_points_over_as_numpy_from_its_workers(shards):  # noqa: ANN001
+    # DataLoader's default collate_fn for whole batches (default_convert) would make them tensors in the
+    # worker, each handed over through its own shared-memory segment and fd handshake
+    from types import SimpleNamespace
+
+    from kamim.train.wds_stream import wds_loader
+
+    loader = wds_loader(SimpleNamespace(shards=shards, checksummed=False), "cached", 16, 0, 2, 0, workers=1)
+    batch = next(iter(loader))
+    assert isinstance(batch["source_points"], np.ndarray) and isinstance(batch["source_meta"], np.ndarray)
+    assert isinstance(batch["image"], torch.Tensor) and batch["image"].shape == (2, 3, 192, 192)
+
+
 def test_points_follow_the_crop(shards):  # noqa: ANN001
     batch = _take(shards, 0, 1, workers=0)[0]
     for points, count in zip(*batch_points(batch), strict=True):  # moved into the crop as the step does
