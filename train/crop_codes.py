@@ -148,11 +148,12 @@ def batch_points(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Te
     stored: uint16 bits as int16) and ``code_meta`` float32 [B,9] (``code_meta``), numpy arrays from the
     loader (train.data.collate says why) and tensors once ``Device.to`` has placed them; its points are
     mapped here, dropped ones moved to FAR. A webdataset batch carries ``source_points`` [B,P,2] and
-    ``source_meta`` [B,8] (``source_batch_points``). Other batches carry ``points`` and ``counts`` already."""
+    ``source_meta`` [B,8] (``source_batch_points``). A selection cache's batch carries its crop points and
+    counts already (``points`` [B,P,2], ``counts`` [B])."""
     if "source_points" in batch:
         return source_batch_points(torch.as_tensor(batch["source_points"]), torch.as_tensor(batch["source_meta"]))
     if "codes" not in batch:
-        return batch["points"], batch["counts"]
+        return torch.as_tensor(batch["points"]), torch.as_tensor(batch["counts"])
     codes = torch.as_tensor(batch["codes"]).to(torch.int32) & 0xFFFF  # the stored uint16 values again
     meta = torch.as_tensor(batch["code_meta"])
     counts, axes = meta[:, 0].to(torch.int64), meta[:, 1:].reshape(-1, 2, 4)  # per axis (a, b, lo, hi)
