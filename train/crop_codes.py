@@ -18,8 +18,9 @@ keeps is an integer interval of codes [lo, hi).
   binary search.
 - ``point_crop`` + ``source_meta``: webdataset samples carry float32 source points, not codes. The worker
   hands them over as read with the crop's numbers (``point_crop``), and ``batch_points`` moves them
-  through the crop on the device with crop_points' own float32 steps, so the points are the same bit for
-  bit as the worker's ``crop_points`` (bench/wds_stream.py measures what the worker saves).
+  through the crop on the device with crop_points' own float32 steps: the same bits as the worker's
+  ``crop_points`` on the CPU and CUDA, within one float32 rounding on XLA (bench/wds_stream.py measures
+  what the worker saves).
 """
 
 from __future__ import annotations
@@ -131,8 +132,10 @@ def source_meta(crops: list[tuple[float, ...]], counts: list[int]) -> np.ndarray
 
 def source_batch_points(points: torch.Tensor, meta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """float32 source points [B,P,2] and their ``source_meta`` rows [B,8] -> (crop points [B,P,2], counts
-    [B]), points off the crop moved to FAR. crop_points' operations in its order, each rounded to float32
-    (separate tensor ops, so no fused multiply-add): the same bits as the worker's ``crop_points``."""
+    [B]), points off the crop moved to FAR. crop_points' operations in its order, each rounded to float32:
+    eager CPU and CUDA run one kernel per op, so the bits equal the worker's ``crop_points``; XLA's compiler
+    fuses the multiply and the subtract into one rounding, so there a coordinate may differ in its last bit
+    (~1e-5 px, the same order as the plain caches' code map on any device)."""
     rows = meta[:, None, :]  # [B,1,8]: broadcast over the points
     origin, scale, flip, size = rows[..., 1:3], rows[..., 3:5], rows[..., 5:7] > 0, rows[..., 7:8]
     xy = (points - origin + 0.5) * scale - 0.5

@@ -108,3 +108,32 @@ def test_a_batch_of_cache_codes_maps_into_its_crops_on_xla_as_on_the_cpu(xla):  
     kept = on_cpu[..., 0] > FAR / 2
     assert 100 < int(kept.sum()) < kept.numel() and torch.equal(on_xla[..., 0] > FAR / 2, kept)
     assert torch.allclose(on_xla, on_cpu, atol=1e-4)
+
+
+def test_a_webdataset_batch_moves_through_its_crops_on_xla_as_crop_points_does(xla):  # noqa: ANN001
+    """XLA fuses the step's multiply and subtract (a fused multiply-add, one rounding where crop_points has
+    two), so a coordinate may differ in its last bit (~1e-5 px); the CPU and CUDA (eager, one kernel per
+    op) give crop_points' bits exactly (tests/train/test_crop_codes.py)."""
+    import numpy as np
+
+    from kamim.train.augment import crop_points, sample_crop, seeded
+    from kamim.train.crop_codes import FAR, batch_points, point_crop, source_meta
+
+    rng = np.random.default_rng(1)
+    points = (rng.uniform(0, 1, (4, 256, 2)) * [900, 800]).astype(np.float32)
+    crops = []
+    for k in range(4):
+        with seeded(k):
+            crops.append(sample_crop(800, 900))
+    batch = {"source_points": points, "source_meta": source_meta([point_crop(c) for c in crops], [256, 100, 0, 256])}
+    on_xla, counts = batch_points({k: torch.as_tensor(v).to(xla.device) for k, v in batch.items()})
+    on_xla = on_xla.cpu().numpy()
+    assert counts.cpu().tolist() == [256, 100, 0, 256]
+    exact = total = 0
+    for row, (crop, count) in enumerate(zip(crops, [256, 100, 0, 256], strict=True)):
+        mapped, reference = on_xla[row, :count], crop_points(points[row, :count], crop)
+        mapped = mapped[mapped[:, 0] > FAR / 2]
+        assert mapped.shape == reference.shape  # the same points kept (none sits within 1e-5 px of an edge)
+        np.testing.assert_allclose(mapped, reference, rtol=0, atol=1e-4)
+        exact, total = exact + int((mapped == reference).sum()), total + reference.size
+    assert total > 500 and exact >= 0.9 * total  # most coordinates agree to the bit
