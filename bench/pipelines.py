@@ -46,17 +46,20 @@ def build_loader(variant: str, src: Source, detector: str, batch_size: int, work
 
 def loader_rate(loader: DataLoader, batches: int, skip: int) -> float:
     """Images/s over ``batches`` batches after ``skip`` batches (worker start-up and the first fill)."""
-    return loader_rate_and_cpu(loader, batches, skip)[0]
+    return loader_rate_and_cpu(loader, batches, skip, cpu_needed=False)[0]
 
 
-def loader_rate_and_cpu(loader: DataLoader, batches: int, skip: int) -> tuple[float, float]:
+def loader_rate_and_cpu(loader: DataLoader, batches: int, skip: int, cpu_needed: bool = True) -> tuple[float, float]:
     """(images/s, CPU us per image of the main process and its loader workers together, every thread: the
     workers' fetch and collate, and both sides of handing each batch over) over the same batches."""
     iterator = iter(loader)
     try:
         for batch in itertools.islice(iterator, skip):
             del batch
-        processes = [os.getpid()] + [worker.pid for worker in getattr(iterator, "_workers", [])]
+        workers = getattr(iterator, "_workers", None)
+        if cpu_needed and loader.num_workers and workers is None:  # a generator around the loader: workers unseen
+            raise TypeError(f"{type(loader).__name__}'s iterator does not show its workers: time a plain DataLoader")
+        processes = [os.getpid()] + [worker.pid for worker in workers or []]
         cpu, began = cpu_ns(processes), time.perf_counter()
         images = sum(batch["image"].shape[0] for batch in itertools.islice(iterator, batches))
         cpu, seconds = cpu_ns(processes) - cpu, time.perf_counter() - began

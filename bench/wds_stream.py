@@ -3,8 +3,9 @@
 Both are `train.wds_stream.WdsPretrainStream` over the same shard list, seed, shuffle buffer, crops and masks;
 the SimMIM side decodes the image only (the keypoints in the shard are not parsed), the kamim side decodes
 the image and its points and hands them over with the crop's numbers (the step moves them through the crop).
-Two measures, both interleaved: images/s of the DataLoader, and the work per image in one process (CPU
-time to decode, augment, collate and hand a batch over), which a 2-core VM's noise moves far less.
+Three measures, all interleaved: images/s of the DataLoader; the CPU time per image of its main process
+and workers over the same batches; and the work per image in one process (CPU time to decode, augment,
+collate and hand a batch over), which a 2-core VM's noise moves least.
 
     python -m bench.wds_stream [--quick]
 """
@@ -23,16 +24,14 @@ import torch
 from kamim.cache import open_cache
 from kamim.train.wds_stream import (
     SHUFFLE_BUFFER,
-    OneLineErrorLoader,
     WdsPretrainStream,
     _zero_seed,
     collated,
-    wds_loader,
 )
 
 from .caches import ensure_cache, source
 from .common import cores, interleaved, log, paired_ratio, ratio_entry, start, summary, write_result
-from .pipelines import PATCH, SEED, loader_rate
+from .pipelines import PATCH, SEED, loader_rate_and_cpu
 from .scale_loader import hand_over
 
 
@@ -127,23 +126,29 @@ def run(cfg: WdsStreamBenchConfig) -> dict:
         verify = bool(getattr(cache, "checksummed", False))
         log(f"wds stream: {tag}, {len(cache.shards)} shards, batch {cfg.batch_size}, {workers} workers")
 
-        def measure(mode: str, cache=cache, verify=verify) -> float:  # noqa: ANN001
-            if mode == "cached":
-                loader = wds_loader(cache, "cached", PATCH, SEED, cfg.batch_size, 0, workers, 0, cfg.detector)
-            else:
-                stream = ImagesOnlyStream(cache.shards, "simmim", PATCH, SEED, cfg.batch_size, verify=verify)
-                loader = OneLineErrorLoader(stream, batch_size=None, num_workers=workers, collate_fn=collated)
-            return loader_rate(loader, cfg.batches, cfg.skip)
+        cpu_us: dict[str, list[float]] = {"simmim-wds": [], "kamim-cached-wds": []}
 
-        samples = interleaved({"simmim-wds": lambda m=measure: m("simmim"),
-                               "kamim-cached-wds": lambda m=measure: m("cached")}, cfg.repetitions, log)
+        def measure(name: str, cache=cache, verify=verify, cpu_us=cpu_us) -> float:  # noqa: ANN001
+            # wds_loader's stream and collate_fn in a plain DataLoader (whose iterator shows its workers, so
+            # their CPU time is read too); wds_loader adds only error wording and a worker_init_fn
+            kind = ImagesOnlyStream if name == "simmim-wds" else WdsPretrainStream
+            stream = kind(cache.shards, "simmim" if name == "simmim-wds" else "cached", PATCH, SEED, cfg.batch_size,
+                          detector=cfg.detector, verify=verify)
+            loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=workers, collate_fn=collated)
+            rate, cpu = loader_rate_and_cpu(loader, cfg.batches, cfg.skip)
+            cpu_us[name].append(cpu)
+            return rate
+
+        samples = interleaved({name: lambda n=name, m=measure: m(n) for name in cpu_us}, cfg.repetitions, log)
         work = work_ratio(cache, cfg)
         log(f"  work per image: simmim {work['simmim_us']:.0f} us, kamim-cached {work['cached_us']:.0f} us "
             f"(ratio {work['ratio']:.3f})")
-        results[tag] = {"images_per_s": summary(samples), "work": work, "shards": len(cache.shards),
-                        "store_size": store}
+        results[tag] = {"images_per_s": summary(samples), "cpu_us_per_image": summary(cpu_us), "work": work,
+                        "shards": len(cache.shards), "store_size": store}
         ratios.append(ratio_entry(f"loader {tag} wds kamim-cached/simmim (same shards)",
                                   paired_ratio(samples["kamim-cached-wds"], samples["simmim-wds"]), 0.95))
+        ratios.append(ratio_entry(f"loader {tag} wds all processes' CPU per image simmim/kamim-cached",
+                                  paired_ratio(cpu_us["simmim-wds"], cpu_us["kamim-cached-wds"]), 0.95))
         ratios.append(ratio_entry(f"loader {tag} wds work per image simmim/kamim-cached (same samples)",
                                   work["ratio"], 0.95))
     payload = {"workers": workers, "results": results, "ratios": ratios}
