@@ -7,7 +7,7 @@ derived flat file) by real DataLoader workers (forkserver, as `kamim pretrain` s
 - keypoint cost: the worker's keypoint work in the loader's order (PretrainSamples.__getitems__: a batch's
   real images decoded and cropped first, then its keypoints back to back, ``train.crop_select.
   cached_batch_points``: ``point_codes(i)``, the crop's rows and map) plus its share of collate's
-  ``train.crop_codes.code_meta`` (the step then maps the batch's codes on the device), per sample (the
+  ``train.crop_codes.crop_meta`` (the step then maps the batch's codes on the device), per sample (the
   batch's time / 32) in random order, timed inside the worker (thread CPU time, so 8 workers on 2 cores
   measure cost, not waiting; less the timer's own ~1.5 us), median and p90 over the batches. One batch
   in three measures the first release's order instead (each sample's keypoints right after its own
@@ -83,7 +83,7 @@ class KeypointProbe:
         from kamim.datasets import read_or_next
         from kamim.malloc import keep_freed_memory
         from kamim.train.augment import crop_image, crop_points, sample_crop, sample_seed, seeded
-        from kamim.train.crop_codes import code_meta, crop_codes
+        from kamim.train.crop_codes import crop_codes, crop_meta
         from kamim.train.crop_select import cached_batch_points, cached_sample_points
 
         keep_freed_memory()  # as PretrainSamples does in every worker: decode buffers stay in the heap
@@ -124,7 +124,7 @@ class KeypointProbe:
             end = time.thread_time_ns()
             cpu, wall = (end - began - timer) / len(indices), (time.perf_counter_ns() - wall) / len(indices)
             began = time.thread_time_ns()
-            code_meta([f["code_crop"] for f in fields], [0] * len(fields))  # collate's share, per batch
+            crop_meta([f["code_crop"] for f in fields], [0] * len(fields))  # collate's share, per batch
             collate_map = (time.thread_time_ns() - began) / len(indices)
             for item in items:
                 item.update({"cpu_ns" if kind == "grouped" else "resident_ns": cpu}, wall_ns=wall,

@@ -5,6 +5,7 @@ and its workers over the same batches) and as CPU time per image in one process,
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -87,38 +88,52 @@ def hand_over(batch: dict) -> None:
         torch.as_tensor(value).clone()
 
 
+def interleaved_work(fill: Callable[[str, int], dict], modes: tuple[str, str], batches: int) -> dict:
+    """CPU time of building and handing over ``batches`` batches in each of two modes, back to back (which
+    goes first alternates, so neither always finds the CPU's caches warm), in one process. ``fill(mode, b)``
+    builds batch b and returns ``{"batch": collated, part: thread CPU ns, ...}``; each batch is then handed
+    over (``hand_over``, timed in process CPU time: the resource-sharer thread's share of a tensor's
+    handshake included). Returns, per mode and part ("hand_over" too), the ns of every batch."""
+    spent: dict[str, dict[str, list[int]]] = {m: {} for m in modes}
+    for b in range(batches):
+        for mode in (modes if b % 2 else modes[::-1]):
+            parts = fill(mode, b)
+            batch = parts.pop("batch")
+            began = time.process_time_ns()
+            hand_over(batch)
+            parts["hand_over"] = time.process_time_ns() - began
+            for part, ns in parts.items():
+                spent[mode].setdefault(part, []).append(ns)
+    return spent
+
+
 def work_ratio(dataset, cache, detector: str, cfg: ScaleBenchConfig) -> dict:  # noqa: ANN001
     """The loader's work per image, simmim against kamim-cached, as CPU time in one process: each batch of
     random indices is fetched (``__getitems__``, as a DataLoader worker does), collated and handed over
-    (``hand_over``) in both modes back to back (which goes first alternates, so neither always finds the
-    CPU's caches warm). A throughput ratio on this shared 2-core VM moves by +-5-10% between repetitions;
-    this one is what it converges to when the loader is CPU bound."""
+    (``interleaved_work``). A throughput ratio on this shared 2-core VM moves by +-5-10% between
+    repetitions; this one is what it converges to when the loader is CPU bound."""
     from kamim.train.data import PretrainSamples, collate
 
     modes = {m: PretrainSamples(dataset, m, 16, 0, cache if m == "cached" else None, detector)
              for m in ("simmim", "cached")}
     order = np.random.default_rng(len(cache)).integers(0, len(cache), cfg.work_batches * cfg.batch_size).tolist()
-    spent: dict[str, list[int]] = {m: [] for m in modes}
-    collated: dict[str, list[int]] = {m: [] for m in modes}
-    handed: dict[str, list[int]] = {m: [] for m in modes}
-    for b in range(cfg.work_batches):
+
+    def fill(mode: str, b: int) -> dict:
         keys = [(0, index) for index in order[b * cfg.batch_size : (b + 1) * cfg.batch_size]]
-        for mode in (("simmim", "cached") if b % 2 else ("cached", "simmim")):
-            began = time.thread_time_ns()
-            batch = modes[mode].__getitems__(keys)
-            fetched = time.thread_time_ns()
-            collated_batch = collate(batch)
-            spent[mode].append(fetched - began)
-            collated[mode].append(time.thread_time_ns() - fetched)
-            began = time.process_time_ns()  # the resource-sharer thread's share of the handshake included
-            hand_over(collated_batch)
-            handed[mode].append(time.process_time_ns() - began)
+        began = time.thread_time_ns()
+        batch = modes[mode].__getitems__(keys)
+        fetched = time.thread_time_ns()
+        collated = collate(batch)
+        return {"batch": collated, "fetch": fetched - began, "collate": time.thread_time_ns() - fetched}
+
+    spent = interleaved_work(fill, ("simmim", "cached"), cfg.work_batches)
 
     def per_image(times: list[int]) -> float:  # the first batch warms both paths
         return float(np.mean(times[1:])) / 1e3 / cfg.batch_size
 
-    total = {m: per_image(spent[m]) + per_image(collated[m]) + per_image(handed[m]) for m in modes}
+    parts = {m: {part: per_image(times) for part, times in spent[m].items()} for m in spent}
+    total = {m: sum(parts[m].values()) for m in parts}
     return {"simmim_us": total["simmim"], "cached_us": total["cached"],
-            "collate_us": {m: per_image(collated[m]) for m in modes},
-            "handover_us": {m: per_image(handed[m]) for m in modes},
+            "collate_us": {m: parts[m]["collate"] for m in parts},
+            "handover_us": {m: parts[m]["hand_over"] for m in parts},
             "ratio": total["simmim"] / total["cached"], "images": len(order) - cfg.batch_size}

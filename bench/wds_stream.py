@@ -32,7 +32,7 @@ from kamim.train.wds_stream import (
 from .caches import ensure_cache, source
 from .common import cores, interleaved, log, paired_ratio, ratio_entry, start, summary, write_result
 from .pipelines import PATCH, SEED, loader_rate_and_cpu
-from .scale_loader import hand_over
+from .scale_loader import interleaved_work
 
 
 class ImagesOnlyStream(WdsPretrainStream):
@@ -65,7 +65,7 @@ def sample_seed_of(seed: int, draw: int, index: int) -> int:
 def work_ratio(cache, cfg: WdsStreamBenchConfig) -> dict:  # noqa: ANN001
     """CPU time per image of one loader worker's work plus the hand-over, SimMIM against kamim-cached, on the
     same raw samples, crops and masks: each batch of random samples is decoded, augmented, collated and
-    handed over (bench.scale_loader.hand_over) in both modes back to back, alternating which goes first."""
+    handed over in both modes back to back (bench.scale_loader.interleaved_work)."""
     from kamim.cache.wds_store import decode_wds_sample, read_shard
     from kamim.datasets import decode_image
     from kamim.train.data import collate
@@ -81,17 +81,15 @@ def work_ratio(cache, cfg: WdsStreamBenchConfig) -> dict:  # noqa: ANN001
         return decode_image(sample["jpg"], name=f"{sample['__key__']}.jpg"), none  # as ImagesOnlyStream
 
     rng = np.random.default_rng(SEED)
-    spent: dict[str, dict[str, list[int]]] = {m: {"worker": [], "hand_over": []} for m in streams}
-    for b in range(cfg.work_batches):
-        chunk = [raw[i] for i in rng.integers(0, len(raw), cfg.batch_size)]
-        for mode in (("simmim", "cached") if b % 2 else ("cached", "simmim")):
-            began = time.thread_time_ns()
-            batch = collate([streams[mode].augment(*decoded(mode, sample), SEED + b * cfg.batch_size + k)
-                             for k, sample in enumerate(chunk)])
-            spent[mode]["worker"].append(time.thread_time_ns() - began)
-            began = time.process_time_ns()  # the resource-sharer thread's share of a tensor's handshake included
-            hand_over(batch)
-            spent[mode]["hand_over"].append(time.process_time_ns() - began)
+    chunks = [[raw[i] for i in rng.integers(0, len(raw), cfg.batch_size)] for _ in range(cfg.work_batches)]
+
+    def fill(mode: str, b: int) -> dict:
+        began = time.thread_time_ns()
+        batch = collate([streams[mode].augment(*decoded(mode, sample), SEED + b * cfg.batch_size + k)
+                         for k, sample in enumerate(chunks[b])])
+        return {"batch": batch, "worker": time.thread_time_ns() - began}
+
+    spent = interleaved_work(fill, ("simmim", "cached"), cfg.work_batches)
 
     def per_image(times: list[int]) -> float:  # the first batches warm both paths
         return float(np.mean(times[2:])) / 1e3 / cfg.batch_size

@@ -16,7 +16,7 @@ keeps is an integer interval of codes [lo, hi).
   the crop moved far off the canvas (the ring raster drops them; it draws with "set", so order and
   padding never matter). The per-sample cost in the worker is then one ``pread``, a checksum and a
   binary search.
-- ``point_crop`` + ``source_meta``: webdataset samples carry float32 source points, not codes. The worker
+- ``point_crop`` + ``source_batch_points``: webdataset samples carry float32 source points, not codes. The worker
   hands them over as read with the crop's numbers (``point_crop``), and ``batch_points`` moves them
   through the crop on the device with crop_points' own float32 steps: the same bits as the worker's
   ``crop_points`` on the CPU and CUDA, within one float32 rounding on XLA (bench/wds_stream.py measures
@@ -98,40 +98,32 @@ def code_crop(steps: int, sx: float, sy: float, crop: CropParams, size: int = 19
     """The crop's map of a sample's stored codes, (a, b, lo, hi) for x then y (eight numbers): a kept code c
     (lo <= c < hi, bounds clamped to the codes' range [0, 2**16]) lands at (c - lo) * a + b crop pixels; b
     is measured from lo, so on the device the float32 product stays small and lands within ~1e-5 px of
-    the exact value. This runs once per sample in the loader worker; ``code_meta`` only packs a batch of
+    the exact value. This runs once per sample in the loader worker; ``crop_meta`` only packs a batch of
     them."""
     ax, bx, x_low, x_high, ay, by, y_low, y_high = _crop_map(steps, sx, sy, crop, size)
     return ax, bx + ax * x_low, x_low, x_high, ay, by + ay * y_low, y_low, y_high
 
 
-def code_meta(crops: list[tuple[float, ...]], counts: list[int]) -> np.ndarray:
-    """A batch's ``code_crop`` tuples and point counts -> float32 [B, 9]: (count, then (a, b, lo, hi) for x
-    and for y). The counts and the bounds (integers up to 2**16) are exact in float32; a and b are
-    rounded to float32 as the step uses them."""
-    rows = np.empty((len(crops), 9), dtype=np.float32)
+def crop_meta(crops: list[tuple[float, ...]], counts: list[int]) -> np.ndarray:
+    """A batch's per-sample crop tuples (``code_crop``'s eight numbers or ``point_crop``'s seven) and point
+    counts -> float32 [B, 1 + tuple length]: (count, then the tuple). Counts and integers (bounds up to
+    2**16, crop offsets) are exact in float32; the maps' floats are rounded to float32 as the step uses
+    them (``point_crop``'s scales exactly as numpy rounds a Python float multiplying a float32 array in
+    ``crop_points``)."""
+    rows = np.empty((len(crops), 1 + len(crops[0])), dtype=np.float32)
     rows[:, 0] = counts
-    rows[:, 1:] = np.array(crops, dtype=np.float64).reshape(-1, 8)
+    rows[:, 1:] = np.array(crops, dtype=np.float64)
     return rows
 
 
 def point_crop(crop: CropParams, size: int = 192) -> tuple[float, ...]:
     """The numbers ``crop_points`` moves a sample's source points by: (left, top, size / width, size /
-    height, hflip, vflip, size). One tuple per sample from the loader worker; ``source_meta`` packs them."""
+    height, hflip, vflip, size). One tuple per sample from the loader worker; ``crop_meta`` packs them."""
     return crop.left, crop.top, size / crop.width, size / crop.height, crop.hflip, crop.vflip, size
 
 
-def source_meta(crops: list[tuple[float, ...]], counts: list[int]) -> np.ndarray:
-    """A batch's ``point_crop`` tuples and point counts -> float32 [B, 8]: (count, then ``point_crop``).
-    The counts and the crop's integers are exact in float32, and the scales are rounded to float32 exactly
-    as numpy rounds a Python float that multiplies a float32 array in ``crop_points``."""
-    rows = np.empty((len(crops), 8), dtype=np.float32)
-    rows[:, 0] = counts
-    rows[:, 1:] = np.array(crops, dtype=np.float64).reshape(-1, 7)
-    return rows
-
-
 def source_batch_points(points: torch.Tensor, meta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """float32 source points [B,P,2] and their ``source_meta`` rows [B,8] -> (crop points [B,P,2], counts
+    """float32 source points [B,P,2] and their ``crop_meta`` rows [B,8] -> (crop points [B,P,2], counts
     [B]), points off the crop moved to FAR. crop_points' operations in its order, each rounded to float32:
     eager CPU and CUDA run one kernel per op, so the bits equal the worker's ``crop_points``; XLA's compiler
     fuses the multiply and the subtract into one rounding, so there a coordinate may differ in its last bit
@@ -141,14 +133,14 @@ def source_batch_points(points: torch.Tensor, meta: torch.Tensor) -> tuple[torch
     xy = (points - origin + 0.5) * scale - 0.5
     xy = torch.where(flip, (size - 1) - xy, xy)
     kept = ((xy >= -0.5) & (xy < size - 0.5)).all(dim=-1, keepdim=True)
-    return torch.where(kept, xy, torch.full_like(xy, FAR)), meta[:, 0].to(torch.int64)
+    return xy.masked_fill(~kept, FAR), meta[:, 0].to(torch.int64)
 
 
 def batch_points(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """(points [B,P,2] float32 crop pixels, counts [B]) of a collated batch, on the batch's device.
 
     A batch of plain-cache samples carries ``codes`` [B,2,P] (each sample's x codes, then its y codes, as
-    stored: uint16 bits as int16) and ``code_meta`` float32 [B,9] (``code_meta``), numpy arrays from the
+    stored: uint16 bits as int16) and ``code_meta`` float32 [B,9] (``crop_meta``), numpy arrays from the
     loader (train.data.collate says why) and tensors once ``Device.to`` has placed them; its points are
     mapped here, dropped ones moved to FAR. A webdataset batch carries ``source_points`` [B,P,2] and
     ``source_meta`` [B,8] (``source_batch_points``). A selection cache's batch carries its crop points and
@@ -163,7 +155,7 @@ def batch_points(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Te
     low, high = axes[..., 2:3].to(torch.int32), axes[..., 3:4].to(torch.int32)  # [B,2,1]
     kept = ((codes >= low) & (codes < high)).all(dim=1)  # [B,P]
     points = ((codes - low).to(torch.float32) * axes[..., 0:1] + axes[..., 1:2]).transpose(1, 2)  # [B,P,2]
-    return torch.where(kept[..., None], points, torch.full_like(points, FAR)), counts
+    return points.masked_fill(~kept[..., None], FAR), counts
 
 
 def batch_point_lists(batch: dict[str, torch.Tensor]) -> list[np.ndarray]:

@@ -22,7 +22,7 @@ from kamim.datasets import ImageDataset, read_or_next
 from kamim.malloc import keep_freed_memory
 
 from .augment import crop_image, sample_crop, sample_seed, seeded
-from .crop_codes import code_meta, source_meta
+from .crop_codes import crop_meta
 from .crop_select import cached_batch_points
 from .device_decode import collate_jpegs, crop_row, read_jpeg
 from .distributed import rank_share
@@ -149,6 +149,16 @@ def padded_width(counts: list[int]) -> int:
     return max(POINT_PAD, math.ceil(max(counts) / POINT_PAD) * POINT_PAD)
 
 
+def padded_points(rows: list[np.ndarray]) -> tuple[np.ndarray, list[int]]:
+    """float32 [B, P, 2] of each sample's [n, 2] points, zero padded (numpy: ~10x cheaper per row than
+    torch), and the counts. numpy, pickled inline, for the reason given for codes in ``collate``."""
+    counts = [len(r) for r in rows]
+    points = np.zeros((len(rows), padded_width(counts), 2), dtype=np.float32)
+    for row, values in enumerate(rows):
+        points[row, : counts[row]] = values
+    return points, counts
+
+
 def collate(samples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor | np.ndarray]:
     """Stack images/masks/maps; pad crop points to [B, P, 2] with their counts [B], a webdataset sample's
     source points to [B, P, 2] with its count and crop in ``source_meta``, or a plain cache's codes to
@@ -166,20 +176,11 @@ def collate(samples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor | 
     if "map" in samples[0]:
         batch["map"] = torch.stack([s["map"] for s in samples])
     if "points" in samples[0]:  # a selection cache's chosen crop points (train/crop_select.py)
-        counts = [len(s["points"]) for s in samples]
-        points = np.zeros((len(samples), padded_width(counts), 2), dtype=np.float32)  # ~10x cheaper per row than torch
-        for row, s in enumerate(samples):
-            points[row, : counts[row]] = s["points"].numpy()
-        # numpy, pickled inline, for the reason given for codes below
-        batch["points"], batch["counts"] = points, np.array(counts, dtype=np.int64)
+        batch["points"], counts = padded_points([s["points"].numpy() for s in samples])
+        batch["counts"] = np.array(counts, dtype=np.int64)
     if "source_points" in samples[0]:  # a webdataset sample's points as read: moved into the crop on the device
-        counts = [len(s["source_points"]) for s in samples]
-        points = np.zeros((len(samples), padded_width(counts), 2), dtype=np.float32)
-        for row, s in enumerate(samples):
-            points[row, : counts[row]] = s["source_points"]
-        # numpy, pickled inline, for the reason given for codes below (bench/wds_stream.py's work measure)
-        batch["source_points"] = points
-        batch["source_meta"] = source_meta([s["point_crop"] for s in samples], counts)
+        batch["source_points"], counts = padded_points([s["source_points"] for s in samples])
+        batch["source_meta"] = crop_meta([s["point_crop"] for s in samples], counts)
     if "codes" in samples[0]:  # a plain cache's stored codes: mapped into each crop on the device
         counts = [last - first for first, last in (s["code_rows"] for s in samples)]
         codes = np.zeros((len(samples), 2, padded_width(counts)), dtype=np.uint16)  # [B, (x, y), P]: row copies
@@ -193,7 +194,7 @@ def collate(samples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor | 
         # 14. Device.to makes them tensors. The codes as stored (uint16 bits as int16: torch's uint16 lacks
         # kernels on some devices), half of int32's bytes.
         batch["codes"] = codes.view(np.int16)
-        batch["code_meta"] = code_meta([s["code_crop"] for s in samples], counts)
+        batch["code_meta"] = crop_meta([s["code_crop"] for s in samples], counts)
     return batch
 
 

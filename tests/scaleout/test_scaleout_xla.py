@@ -92,7 +92,7 @@ def test_a_batch_of_cache_codes_maps_into_its_crops_on_xla_as_on_the_cpu(xla):  
     import numpy as np
 
     from kamim.train.augment import sample_crop, seeded
-    from kamim.train.crop_codes import FAR, batch_points, code_crop, code_meta
+    from kamim.train.crop_codes import FAR, batch_points, code_crop, crop_meta
 
     rng = np.random.default_rng(0)
     codes = rng.integers(0, 400 * 16, (4, 2, 256)).astype(np.uint16)
@@ -101,7 +101,7 @@ def test_a_batch_of_cache_codes_maps_into_its_crops_on_xla_as_on_the_cpu(xla):  
     for k in range(4):
         with seeded(k):
             crops.append(code_crop(16, 0.5, 0.5, sample_crop(800, 900)))
-    batch = {"codes": codes.view(np.int16), "code_meta": code_meta(crops, [256, 100, 0, 256])}  # as collate makes them
+    batch = {"codes": codes.view(np.int16), "code_meta": crop_meta(crops, [256, 100, 0, 256])}  # as collate makes them
     on_cpu, _ = batch_points(batch)
     on_xla, _ = batch_points({k: torch.as_tensor(v).to(xla.device) for k, v in batch.items()})
     on_xla = on_xla.cpu()
@@ -117,7 +117,7 @@ def test_a_webdataset_batch_moves_through_its_crops_on_xla_as_crop_points_does(x
     import numpy as np
 
     from kamim.train.augment import crop_points, sample_crop, seeded
-    from kamim.train.crop_codes import FAR, batch_points, point_crop, source_meta
+    from kamim.train.crop_codes import FAR, batch_points, crop_meta, point_crop
 
     rng = np.random.default_rng(1)
     points = (rng.uniform(0, 1, (4, 256, 2)) * [900, 800]).astype(np.float32)
@@ -125,7 +125,7 @@ def test_a_webdataset_batch_moves_through_its_crops_on_xla_as_crop_points_does(x
     for k in range(4):
         with seeded(k):
             crops.append(sample_crop(800, 900))
-    batch = {"source_points": points, "source_meta": source_meta([point_crop(c) for c in crops], [256, 100, 0, 256])}
+    batch = {"source_points": points, "source_meta": crop_meta([point_crop(c) for c in crops], [256, 100, 0, 256])}
     on_xla, counts = batch_points({k: torch.as_tensor(v).to(xla.device) for k, v in batch.items()})
     on_xla = on_xla.cpu().numpy()
     assert counts.cpu().tolist() == [256, 100, 0, 256]
