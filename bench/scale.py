@@ -183,7 +183,7 @@ def keypoint_path(cache_dir, images, workers: int, samples: int, seed: int) -> d
     return {
         "workers": workers, "samples": len(items),
         # Per sample in the loader's order (a batch's keypoints after its images): each batch's
-        # cached_batch_points / 32 + collate's code_meta share; median and p90 over the batches.
+        # cached_batch_points / 32 + collate's crop_meta share; median and p90 over the batches.
         "cost_us": {"median": float(np.median(cpu)), "p90": float(np.percentile(cpu, 90)), "batches": len(cpu)},
         "wall_us": {"median": float(np.median(wall)), "p90": float(np.percentile(wall, 90))},
         # The same, with the batch's pages of the flat file touched before its images (what a machine whose
@@ -193,7 +193,7 @@ def keypoint_path(cache_dir, images, workers: int, samples: int, seed: int) -> d
         # The first release's order, per sample (cached_sample_points right after the sample's own image).
         "one_by_one_us": {"median": float(np.median(one_by_one)), "p90": float(np.percentile(one_by_one, 90)),
                           "samples": len(one_by_one)},
-        # point_codes(i) again; code_meta per sample; the CPU map of selection caches (crop_codes); the
+        # point_codes(i) again; crop_meta per sample; the CPU map of selection caches (crop_codes); the
         # chained reference (points(i) + crop_points); the timer's own cost (thread_time_ns twice, median).
         "median_us_of": alone,
         "open_s": {"median": float(np.median(opens)), "max": float(max(opens))},
@@ -222,14 +222,17 @@ class ScaleBenchConfig:
 
 
 def ensure_flat(cache_dir, record: dict) -> dict:  # noqa: ANN001
-    """Build the derived flat file now (timed) unless it is there; its build time is kept with the record."""
+    """Build the derived flat file now (timed) unless a valid one is there (a file of an older flat format is
+    rebuilt here, not in the first measured worker); its build time is kept with the record."""
 
     record_path = cache_dir.with_suffix(".json")
     flat = flat_path(cache_dir)
-    if "flat_build_s" not in record or not flat.is_file():
+    if "flat_build_s" not in record:
         flat.unlink(missing_ok=True)
-        began, children = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
-        open_cache(cache_dir).is_ok(0)  # builds it in a child process, as any first reader would
+    inode = flat.stat().st_ino if flat.is_file() else None
+    began, children = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
+    open_cache(cache_dir).is_ok(0)  # builds it in a child process when missing or stale, as any first reader would
+    if flat.stat().st_ino != inode:
         record["flat_build_s"] = round(time.perf_counter() - began, 2)
         after = resource.getrusage(resource.RUSAGE_CHILDREN)  # CPU time: meaningful on a busy machine too
         record["flat_build_cpu_s"] = round(after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime, 2)
@@ -301,7 +304,7 @@ def run(cfg: ScaleBenchConfig) -> dict:
                 log(f"  {workers} workers: keypoints {k['cost_us']['median']:.1f} us median, "
                     f"{k['cost_us']['p90']:.1f} us p90 over batches (pages resident {k['resident_us']['median']:.1f} / "
                     f"{k['resident_us']['p90']:.1f}; one by one after each image "
-                    f"{k['one_by_one_us']['median']:.1f} / {k['one_by_one_us']['p90']:.1f}; of which collate's code_meta {k['median_us_of']['collate_map']:.1f}; "
+                    f"{k['one_by_one_us']['median']:.1f} / {k['one_by_one_us']['p90']:.1f}; of which collate's crop_meta {k['median_us_of']['collate_map']:.1f}; "
                     f"point_codes again {k['median_us_of']['points']:.1f}; CPU crop_codes {k['median_us_of']['cpu_map']:.1f}; "
                     f"chained points(i)+crop_points "
                     f"{k['median_us_of']['chained']:.1f}); open {k['open_s']['max']:.3f} s; added per worker "
@@ -328,7 +331,7 @@ def run(cfg: ScaleBenchConfig) -> dict:
                                           note=f"median of {cfg.ratio_repetitions} paired repetitions, 2 workers"))
         worst = max(e["keypoints"][w]["cost_us"]["median"] for e in per_n.values() for w in e["keypoints"])
         ratios.append(ratio_entry(f"keypoint cost {detector} us/sample, worst median over N",
-                                  worst, 20.0, higher_is_better=False, note="cached_batch_points / batch + code_meta share, after the batch's images"))
+                                  worst, 20.0, higher_is_better=False, note="cached_batch_points / batch + crop_meta share, after the batch's images"))
         worst = max(e["keypoints"][w]["resident_us"]["median"] for e in per_n.values() for w in e["keypoints"])
         ratios.append(ratio_entry(f"keypoint cost {detector} us/sample, pages resident, worst median over N",
                                   worst, 20.0, higher_is_better=False, note="the same with the batch's flat-file pages touched before its images"))

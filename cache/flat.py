@@ -10,16 +10,17 @@ holds the file once for all workers.
 Layout (one file, written to a unique temp name and renamed into place, so a reader never sees a
 partial file and two builders cannot corrupt each other): a 4 KiB header (magic, JSON, crc32c of the
 JSON), then 4 KiB-aligned sections ``offsets`` int64 [N+1], ``status`` uint8 [N], ``records`` [N] and
-``points`` uint16 [2M]. A record is 32 bytes, one CPU cache line: the image's first row (int64), its
-point count (uint32), the crc32c of its codes (uint32) and its detect scale (sx, sy float64). A sample
-needs only its record and its codes, so it touches one page of the small sections, not three: at 1.28 M
-images every such lookup is a cold miss in a loader worker (bench/scale.py).
+``points`` uint16 [2M]. A record is 32 bytes, one CPU cache line: a crc32c (uint32), the image's point
+count (uint32), its first row (int64) and its detect scale (sx, sy float64). The crc covers the image's
+codes and the rest of its record, so a read checks every byte it uses, the scale too. A sample needs only
+its record and its codes, so it touches one page of the small sections, not three: at 1.28 M images every
+such lookup is a cold miss in a loader worker (bench/scale.py).
 
 Trust: the header records a key hashed from the manifest, the zarr metadata and the names, sizes and
 mtimes of the store's files; any change to the store makes the file stale and it is rebuilt. Opening
 checks the header, the file size and the crc32c of the small sections (milliseconds at 1.28 M images);
-every read checks the crc32c of the image's own codes (about 1 us for 1,400 points, and it touches
-only the pages the sample needs). A mismatch at open rebuilds the file; one found later deletes it
+every read checks the crc32c of the image's own codes and record (about 1 us for 1,400 points, and it
+touches only the pages the sample needs). A mismatch at open rebuilds the file; one found later deletes it
 and rebuilds it.
 
 Where: ``$KAMIM_DERIVED_DIR/<name>-<hash>.flat`` if set, else ``<cache dir>.flat`` beside the cache
@@ -49,12 +50,12 @@ import numpy as np
 
 from kamim.errors import UserError
 
-FLAT_VERSION = 3
+FLAT_VERSION = 4  # 4: the record is (crc, count, start, scale) and its crc covers the record too
 MAGIC = b"KAMIMFLAT1\n"
 HEADER_BYTES = 4096
 ARRAYS = ("offsets", "points", "scale", "status")
-RECORD = np.dtype([("start", "<i8"), ("count", "<u4"), ("crc", "<u4"), ("scale", "<f8", (2,))])
-_RECORD = struct.Struct("<qIIdd")  # RECORD, unpacked without numpy
+RECORD = np.dtype([("crc", "<u4"), ("count", "<u4"), ("start", "<i8"), ("scale", "<f8", (2,))])
+_RECORD = struct.Struct("<IIqdd")  # RECORD, unpacked without numpy
 
 
 class StaleFlat(Exception):
@@ -176,17 +177,19 @@ class FlatPoints:
 
     def samples(self, indices: Iterable[int]) -> list[tuple[np.ndarray, float, float]]:
         """(codes, sx, sy) for each index: the image's codes (uint16 [2n], x codes then y codes, read-only,
-        checked against their crc32c) and its detect scale, in one loop (a loader batch's lookups run back
+        checked with the rest of their record against its crc32c) and its detect scale, in one loop (a loader batch's lookups run back
         to back)."""
-        unpack, pread, crc, frombuffer = _RECORD.unpack_from, os.pread, google_crc32c.value, np.frombuffer
+        unpack, pread, frombuffer = _RECORD.unpack_from, os.pread, np.frombuffer
+        crc, extend = google_crc32c.value, google_crc32c.extend
         mapping, fd, images, records_at, points_at = self._map, self._fd, self.images, self._records_at, self._points_at
         out = []
         for index in indices:
             if not 0 <= index < images:
                 raise IndexError(f"image {index} out of range for {images} images")
-            start, count, expected, sx, sy = unpack(mapping, records_at + 32 * index)
+            at = records_at + 32 * index
+            expected, count, start, sx, sy = unpack(mapping, at)
             data = pread(fd, 4 * count, points_at + 4 * start)
-            if len(data) != 4 * count or crc(data) != expected:
+            if len(data) != 4 * count or extend(crc(data), mapping[at + 4 : at + 32]) != expected:
                 raise StaleFlat(f"{self.path}: points of image {index} fail their checksum")
             out.append((frombuffer(data, dtype="<u2"), sx, sy))
         return out
@@ -217,8 +220,10 @@ def build_flat(cache_dir: Path, dest: Path) -> None:
         bounds = 2 * store.offsets
         records = np.zeros(images, RECORD)
         records["start"], records["count"], records["scale"] = store.offsets[:-1], np.diff(store.offsets), store.scale
-        records["crc"] = np.fromiter((google_crc32c.value(points[a:b]) for a, b in zip(bounds[:-1], bounds[1:],
-                                                                                      strict=True)), np.uint32, images)
+        tails = records.view(np.uint8).reshape(images, 32)[:, 4:]  # what each crc covers beside the codes
+        records["crc"] = np.fromiter((google_crc32c.extend(google_crc32c.value(points[a:b]), tail.tobytes())
+                                      for a, b, tail in zip(bounds[:-1], bounds[1:], tails, strict=True)),
+                                     np.uint32, images)
         _section(mm, sections["records"])[:] = records
         crcs["records"] = _crc(records)
         header = {"version": FLAT_VERSION, "key": key, "images": images, "rows": rows, "crc": crcs,

@@ -133,6 +133,21 @@ def test_stale_or_damaged_flat_file_is_rebuilt_never_used(small, tmp_path, damag
     assert flat.stat().st_ino != before  # it was rebuilt, not patched or trusted
 
 
+@pytest.mark.parametrize("field", ["scale", "count", "start"])
+def test_a_record_damaged_after_open_is_found_when_read(small, tmp_path, field):
+    # The open checks the records section once; a byte changed under an open reader (the file rewritten in
+    # place) must still never reach the points: each image's crc covers its record as well as its codes.
+    source, expected = small
+    cache, flat, reader = _built_copy(source, tmp_path / "c.zarr")
+    before, index = flat.stat().st_ino, 700
+    at = reader._flat.sections["records"][0] + 32 * index + {"count": 4, "start": 8, "scale": 20}[field]
+    record = reader._flat.records[index].tobytes()
+    _flip(flat, at)
+    assert reader._flat.records[index].tobytes() != record  # the open reader sees the damage
+    assert np.array_equal(reader.points(index), expected[index])
+    assert flat.stat().st_ino != before  # found, deleted and rebuilt: the damaged record was never used
+
+
 def _open_and_digest(cache: str) -> tuple[int, str]:
     reader = open_cache(cache)
     digest = np.concatenate([reader.points(i).ravel() for i in range(len(reader))]).tobytes()
