@@ -176,9 +176,9 @@ class FlatPoints:
             os.close(self._fd)
 
     def samples(self, indices: Iterable[int]) -> list[tuple[np.ndarray, float, float]]:
-        """(codes, sx, sy) for each index: the image's codes (uint16 [2n], x codes then y codes, read-only,
-        checked with the rest of their record against its crc32c) and its detect scale, in one loop (a loader batch's lookups run back
-        to back)."""
+        """(codes, sx, sy) for each index: the image's codes (uint16 [2n], x codes then y codes, read-only)
+        and its detect scale, both checked (with the rest of the record) against the record's crc32c, in one
+        loop (a loader batch's lookups run back to back)."""
         unpack, pread, frombuffer = _RECORD.unpack_from, os.pread, np.frombuffer
         crc, extend = google_crc32c.value, google_crc32c.extend
         mapping, fd, images, records_at, points_at = self._map, self._fd, self.images, self._records_at, self._points_at
