@@ -22,7 +22,7 @@ import click
 import numpy as np
 
 from .common import log, start, write_result
-from .host_pages import summary, timed_reads
+from .host_pages import first_and_again
 
 
 @dataclass
@@ -36,12 +36,10 @@ class HostFootprintConfig:
     slow_us: float = 30.0
 
 
-def first_and_again(path, size: int, reads: int, rng: np.random.Generator, slow_us: float) -> dict:  # noqa: ANN001
+def file_reads(path, size: int, reads: int, rng: np.random.Generator, slow_us: float) -> dict:  # noqa: ANN001
     fd = os.open(path, os.O_RDONLY)
     try:
-        offsets = rng.integers(0, os.fstat(fd).st_size - size, reads)
-        read = lambda at, n: os.pread(fd, n, at)  # noqa: E731
-        return summary(timed_reads(read, offsets, size), timed_reads(read, offsets, size), slow_us)
+        return first_and_again(lambda at, n: os.pread(fd, n, at), os.fstat(fd).st_size, size, reads, rng, slow_us)
     finally:
         os.close(fd)
 
@@ -63,7 +61,7 @@ def run(cfg: HostFootprintConfig) -> dict:
             time.sleep(cfg.wait)
             sizes = cfg.sizes if detector == "fast" else cfg.sizes[:1]  # a SIFT sample is 1.6 KB
             row = {"round": round_, "detector": detector, "file_bytes": path.stat().st_size, "warm_s": warm_s,
-                   "reads": {str(size): first_and_again(path, size, cfg.reads, rng, cfg.slow_us) for size in sizes}}
+                   "reads": {str(size): file_reads(path, size, cfg.reads, rng, cfg.slow_us) for size in sizes}}
             for size, r in row["reads"].items():
                 log(f"host footprint: round {round_}, {detector} ({row['file_bytes'] / 2**30:.1f} GiB), {size} B reads "
                     f"{cfg.wait:.0f} s after its full read: first {r['first_us']['median']:.1f} / "

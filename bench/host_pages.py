@@ -70,6 +70,13 @@ def timed_reads(read, offsets: np.ndarray, size: int) -> np.ndarray:
     return out
 
 
+def first_and_again(read, extent: int, size: int, reads: int, rng: np.random.Generator, slow_us: float) -> dict:  # noqa: ANN001
+    """``summary`` of ``reads`` reads of ``size`` bytes at fresh random offsets below ``extent``, then the same
+    offsets again."""
+    offsets = rng.integers(0, extent - size, reads)
+    return summary(timed_reads(read, offsets, size), timed_reads(read, offsets, size), slow_us)
+
+
 def read_into_anonymous(path: Path, limit: int) -> np.ndarray:
     """The file's first ``limit`` bytes read into a fresh anonymous buffer (every page touched)."""
     buffer = np.empty(min(limit, path.stat().st_size), dtype=np.uint8)
@@ -131,9 +138,7 @@ def run(cfg: HostPagesConfig) -> dict:
             waited = max(waited, wait)
             row = {"wait_s": wait}
             for kind, (read, extent) in readers.items():
-                offsets = rng.integers(0, extent - cfg.read_bytes, cfg.reads)
-                first = timed_reads(read, offsets, cfg.read_bytes)
-                row[kind] = summary(first, timed_reads(read, offsets, cfg.read_bytes), cfg.slow_us)
+                row[kind] = first_and_again(read, extent, cfg.read_bytes, cfg.reads, rng, cfg.slow_us)
                 log(f"host pages: {wait:.0f} s after reading {path.name} ({extent / 2**30:.1f} GiB), {kind:9s}: "
                     f"first reads {row[kind]['first_us']['median']:.1f} / {row[kind]['first_us']['p90']:.1f} us "
                     f"(median / p90), {100 * row[kind]['slow_share']:.1f}% over {cfg.slow_us:.0f} us; the same "

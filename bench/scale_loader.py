@@ -88,12 +88,14 @@ def hand_over(batch: dict) -> None:
         torch.as_tensor(value).clone()
 
 
-def interleaved_work(fill: Callable[[str, int], dict], modes: tuple[str, str], batches: int) -> dict:
+def interleaved_work(fill: Callable[[str, int], dict], modes: tuple[str, str], batches: int, batch_size: int,
+                     warm: int) -> dict[str, dict[str, float]]:
     """CPU time of building and handing over ``batches`` batches in each of two modes, back to back (which
     goes first alternates, so neither always finds the CPU's caches warm), in one process. ``fill(mode, b)``
     builds batch b and returns ``{"batch": collated, part: thread CPU ns, ...}``; each batch is then handed
     over (``hand_over``, timed in process CPU time: the resource-sharer thread's share of a tensor's
-    handshake included). Returns, per mode and part ("hand_over" too), the ns of every batch."""
+    handshake included). Returns, per mode and part ("hand_over" too), us per image: the mean over the
+    batches after the first ``warm`` (which warm both paths)."""
     spent: dict[str, dict[str, list[int]]] = {m: {} for m in modes}
     for b in range(batches):
         for mode in (modes if b % 2 else modes[::-1]):
@@ -104,7 +106,8 @@ def interleaved_work(fill: Callable[[str, int], dict], modes: tuple[str, str], b
             parts["hand_over"] = time.process_time_ns() - began
             for part, ns in parts.items():
                 spent[mode].setdefault(part, []).append(ns)
-    return spent
+    return {m: {part: float(np.mean(ns[warm:])) / 1e3 / batch_size for part, ns in per_part.items()}
+            for m, per_part in spent.items()}
 
 
 def work_ratio(dataset, cache, detector: str, cfg: ScaleBenchConfig) -> dict:  # noqa: ANN001
@@ -126,12 +129,7 @@ def work_ratio(dataset, cache, detector: str, cfg: ScaleBenchConfig) -> dict:  #
         collated = collate(batch)
         return {"batch": collated, "fetch": fetched - began, "collate": time.thread_time_ns() - fetched}
 
-    spent = interleaved_work(fill, ("simmim", "cached"), cfg.work_batches)
-
-    def per_image(times: list[int]) -> float:  # the first batch warms both paths
-        return float(np.mean(times[1:])) / 1e3 / cfg.batch_size
-
-    parts = {m: {part: per_image(times) for part, times in spent[m].items()} for m in spent}
+    parts = interleaved_work(fill, ("simmim", "cached"), cfg.work_batches, cfg.batch_size, warm=1)
     total = {m: sum(parts[m].values()) for m in parts}
     return {"simmim_us": total["simmim"], "cached_us": total["cached"],
             "collate_us": {m: parts[m]["collate"] for m in parts},

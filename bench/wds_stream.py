@@ -89,12 +89,7 @@ def work_ratio(cache, cfg: WdsStreamBenchConfig) -> dict:  # noqa: ANN001
                          for k, sample in enumerate(chunks[b])])
         return {"batch": batch, "worker": time.thread_time_ns() - began}
 
-    spent = interleaved_work(fill, ("simmim", "cached"), cfg.work_batches)
-
-    def per_image(times: list[int]) -> float:  # the first batches warm both paths
-        return float(np.mean(times[2:])) / 1e3 / cfg.batch_size
-
-    parts = {m: {part: per_image(times) for part, times in spent[m].items()} for m in spent}
+    parts = interleaved_work(fill, ("simmim", "cached"), cfg.work_batches, cfg.batch_size, warm=2)
     total = {m: sum(parts[m].values()) for m in parts}
     return {"simmim_us": total["simmim"], "cached_us": total["cached"], "parts_us": parts,
             "ratio": total["simmim"] / total["cached"], "images": (cfg.work_batches - 2) * cfg.batch_size}
